@@ -1,0 +1,233 @@
+"""One Ray Tune trial: build data, model and recipe from a flat config, train epoch by epoch, report.
+
+    for epoch: train on augmented batches -> evaluate on validation -> tune.report(metrics, checkpoint)
+
+The loop reads top to bottom on purpose (nanoGPT style); the data stays on the trial's device
+as uint8 for the whole trial and is augmented there in batches (airbench style).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from contextlib import nullcontext
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.augment import BatchAugment
+from trainables.config import TrialConfig
+from trainables.data import ImageSplits
+from trainables.errors import UserError
+from trainables.models import create_model
+from trainables.recipe import create_recipe
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EVAL_BATCH = 512
+
+
+def train_classifier(config: dict[str, Any], data: ImageSplits) -> None:
+    """Ray Tune function trainable. `data` arrives through the object store (see tuner.sweep)."""
+    from ray import tune
+
+    cfg = TrialConfig.from_dict(config)
+    _set_threads()
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retried failure, a lost node, or `--resume`
+        with checkpoint.as_directory() as ckpt_dir:
+            resume_from = torch.load(os.path.join(ckpt_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    node_id = _node_id()
+    for metrics, trial_state in train_epochs(cfg, data, resume_from=resume_from):
+        with tempfile.TemporaryDirectory() as ckpt_dir:
+            save_atomic(trial_state(), os.path.join(ckpt_dir, CHECKPOINT_FILE))
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+
+def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | None = None,
+                 resume_from: dict | None = None) -> Iterator[tuple[dict[str, Any], Callable[[], dict]]]:
+    """Train epoch by epoch; yield each epoch's metrics and a function returning the checkpoint state.
+
+    Free of Ray, so tests and benchmarks drive the very loop that trials run.
+    """
+    device = device or trial_device()
+    torch.manual_seed(cfg.seed)
+    train_x, train_y = _to_device(data.train_x, device), _to_device(data.train_y, device)
+    val_x, val_y = _to_device(data.val_x, device), _to_device(data.val_y, device)
+
+    model = build_model(cfg, data.num_classes, device)
+    updates_per_epoch = len(train_y) // cfg.batch_size
+    if updates_per_epoch == 0:
+        raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train_y)} training images; lower it")
+    recipe = create_recipe(model, cfg, data.num_classes, updates_per_epoch)
+    augment = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
+                           image_size=cfg.image_size, device=device)
+    step_model = torch.compile(model) if cfg.compile else model
+    autocast = _autocast(cfg, device)
+    generator = torch.Generator(device=device)
+
+    start_epoch, best_val_top1 = 0, 0.0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        recipe.load_state_dict(resume_from["recipe"])
+        start_epoch, best_val_top1 = resume_from["epoch"], resume_from["best_val_top1"]
+
+    for epoch in range(start_epoch + 1, cfg.max_epochs + 1):
+        t0 = time.perf_counter()
+        generator.manual_seed(cfg.seed * 100_003 + epoch)  # the same batches after a resume
+        if recipe.mixup is not None:
+            np.random.seed(cfg.seed * 100_003 + epoch)  # timm's Mixup draws from numpy's global RNG
+        model.train()
+        order = torch.randperm(len(train_y), device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(updates_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            images, targets = augment(train_x[idx], generator), train_y[idx]
+            if recipe.mixup is not None:
+                images, targets = recipe.mixup(images, targets)
+            if cfg.channels_last and device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = recipe.train_loss(step_model(images), targets)
+            recipe.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            recipe.optimizer.step()
+            recipe.scheduler.step_update((epoch - 1) * updates_per_epoch + step + 1)
+            loss_sum += loss.detach()
+        train_loss = (loss_sum / updates_per_epoch).item()  # one device sync per epoch, not per step
+        train_s = time.perf_counter() - t0
+
+        val = evaluate(step_model, val_x, val_y, augment, autocast)
+        best_val_top1 = max(best_val_top1, val["top1"])
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_top1": val["top1"],
+            "val_top5": val["top5"], "best_val_top1": best_val_top1, "lr": recipe.optimizer.param_groups[0]["lr"],
+            "images_per_s": updates_per_epoch * cfg.batch_size / train_s, "epoch_s": time.perf_counter() - t0,
+            "diverged": not math.isfinite(train_loss),
+        }
+        yield metrics, lambda epoch=epoch, best=best_val_top1: {
+            "model": model.state_dict(), "recipe": recipe.state_dict(), "epoch": epoch, "best_val_top1": best,
+            "config": cfg.to_dict(), "num_classes": data.num_classes, "classes": list(data.classes),
+            "mean": list(data.mean), "std": list(data.std)}
+        if metrics["diverged"]:
+            return  # a non-finite loss never recovers; the tuner records the trial as diverged
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: BatchAugment,
+             autocast=nullcontext(), batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (in %) on un-augmented images, in one pass."""
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    hits = torch.zeros(2, device=images.device)
+    k = 5
+    for start in range(0, len(labels), batch_size):
+        x, y = augment.normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+        with autocast:
+            logits = model(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+        correct = topk == y[:, None]
+        hits += torch.stack([correct[:, 0].sum(), correct.any(dim=1).sum()])
+    n = len(labels)
+    top1, top5 = (hits * 100.0 / n).tolist()
+    return {"loss": loss_sum.item() / n, "top1": top1, "top5": top5}
+
+
+def build_model(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn.Module:
+    model = create_model(cfg.model, num_classes, width=cfg.width, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path)
+    model = model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class ImageClassifier(nn.Module):
+    """A trained net with its preprocessing: float images in [0, 1] (B, 3, H, W) -> logits.
+
+    What gets exported and registered, so a user feeds plain images and gets the trial's behaviour.
+    """
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], image_size: int,
+                 classes: list[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.image_size = image_size
+        self.classes = list(classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        if self.image_size and self.image_size != x.shape[-1]:
+            x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                          antialias=self.image_size < x.shape[-1], align_corners=False)
+        return self.net(x)
+
+
+def load_checkpoint_model(path: str, device: torch.device | str = "cpu") -> tuple[ImageClassifier, TrialConfig]:
+    """Rebuild a trained model from a trial checkpoint directory (weights only, no unpickling of code)."""
+    file = os.path.join(path, CHECKPOINT_FILE)
+    try:
+        state = torch.load(file, map_location=device, weights_only=True)
+        cfg = TrialConfig.from_dict(state["config"])
+        net = create_model(cfg.model, state["num_classes"], width=cfg.width, drop_rate=cfg.drop_rate,
+                           drop_path=cfg.drop_path)
+        net.load_state_dict(state["model"])
+    except (OSError, RuntimeError, KeyError, EOFError) as exc:
+        raise UserError(f"checkpoint {file} is unreadable ({type(exc).__name__}); it may be truncated") from None
+    model = ImageClassifier(net, state["mean"], state["std"], cfg.image_size, state["classes"])
+    return model.to(device).eval(), cfg
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """Write then rename, so a kill mid-write never leaves a torn checkpoint."""
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def trial_device() -> torch.device:
+    # Ray hides GPUs a trial did not ask for (CUDA_VISIBLE_DEVICES), so availability means ownership.
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(array)
+    return tensor.to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
+def _autocast(cfg: TrialConfig, device: torch.device):
+    if cfg.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _set_threads() -> None:
+    """Use exactly the CPUs Ray gave this trial, so packed trials do not fight over cores."""
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    except Exception:  # outside Ray (benchmarks, tests)
+        cpus = 0
+    if cpus >= 1:
+        torch.set_num_threads(int(cpus))
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return ""

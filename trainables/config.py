@@ -1,0 +1,134 @@
+"""Trial config: one flat dict of knobs, validated into a frozen dataclass.
+
+Every knob has one name used everywhere: `--set KEY=VALUE`, search spaces, MLflow params
+and Parquet columns. Each field's metadata says what values it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from trainables.errors import UserError
+
+
+def _knob(default: Any, help: str, *, choices: tuple | None = None,
+          min: float | None = None, max: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # model
+    model: str = _knob("resnet18", "model name: a registered one (see trainables.models) or timm/<name>")
+    width: float = _knob(1.0, "channel width multiplier of the built-in CIFAR nets", min=0.05, max=8.0)
+    drop_rate: float = _knob(0.0, "dropout before the classifier", min=0.0, max=0.95)
+    drop_path: float = _knob(0.0, "stochastic depth (drop-path) rate", min=0.0, max=0.95)
+    # schedule and batch
+    max_epochs: int = _knob(10, "epochs of the LR schedule; ASHA may stop a trial sooner (CLI: --max-epochs)", min=1,
+                            max=10_000)
+    batch_size: int = _knob(128, "training batch size", min=2, max=65_536)
+    # optimizer (timm create_optimizer_v2)
+    opt: str = _knob("adamw", "optimizer", choices=("sgd", "adamw", "lamb"))
+    lr: float = _knob(1e-3, "peak learning rate", min=1e-8, max=10.0)
+    weight_decay: float = _knob(0.05, "decoupled weight decay (not on biases and norms)", min=0.0, max=10.0)
+    momentum: float = _knob(0.9, "SGD momentum", min=0.0, max=0.9999)
+    nesterov: bool = _knob(False, "Nesterov momentum for SGD")
+    grad_clip: float = _knob(0.0, "clip the gradient norm to this value (0: off)", min=0.0)
+    # learning-rate schedule (timm create_scheduler_v2), stepped every update
+    sched: str = _knob("cosine", "learning-rate schedule", choices=("cosine", "step", "exponential", "constant"))
+    warmup_epochs: float = _knob(0.0, "linear warmup length in epochs", min=0.0, max=1000.0)
+    min_lr: float = _knob(0.0, "floor of the cosine schedule", min=0.0)
+    gamma: float = _knob(0.97, "decay factor of the step/exponential schedules", min=1e-6, max=1.0)
+    step_epochs: int = _knob(30, "epochs between decays of the step schedule", min=1)
+    # loss and label mixing (timm losses and Mixup)
+    loss: str = _knob("ce", "loss: cross-entropy or binary cross-entropy (RSB)", choices=("ce", "bce"))
+    label_smoothing: float = _knob(0.0, "label smoothing", min=0.0, max=0.5)
+    bce_target_thresh: float = _knob(0.0, "binarise BCE targets above this value (RSB uses 0.2; 0: off)", min=0.0, max=1.0)
+    mixup_alpha: float = _knob(0.0, "Mixup beta-distribution alpha (0: off)", min=0.0, max=10.0)
+    cutmix_alpha: float = _knob(0.0, "CutMix beta-distribution alpha (0: off)", min=0.0, max=10.0)
+    mix_prob: float = _knob(1.0, "probability of applying Mixup/CutMix to a batch", min=0.0, max=1.0)
+    mix_switch_prob: float = _knob(0.5, "probability of CutMix instead of Mixup when both are on", min=0.0, max=1.0)
+    # augmentation (batched, on the training device)
+    crop_padding: int = _knob(4, "random-crop padding in pixels (0: no crop)", min=0, max=64)
+    hflip: bool = _knob(True, "random horizontal flip")
+    image_size: int = _knob(0, "resize images to this size on the device (0: the data set's size)", min=0, max=1024)
+    # runtime
+    seed: int = _knob(0, "trial seed (weights init, data order, augmentation)", min=0)
+    amp: bool = _knob(True, "bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = _knob(True, "channels_last memory format on CUDA (ignored on CPU)")
+    compile: bool = _knob(False, "torch.compile the model")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "TrialConfig":
+        """Validate a flat dict (from a search space, `--set` or Ray Tune) into a config."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in raw.items():
+            if key not in fields:
+                raise UserError(unknown_key_message(key))
+            values[key] = coerce(fields[key], value)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, TrialConfig.keys(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown config key '{key}'{hint}; known keys: {', '.join(TrialConfig.keys())}"
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Parse the text of `--set KEY=VALUE` into the type of KEY."""
+    fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
+    if key not in fields:
+        raise UserError(unknown_key_message(key))
+    return coerce(fields[key], text)
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert `value` to the field's type and check it against the field's limits."""
+    kind = type(f.default)
+    meta = f.metadata
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = lowered in ("true", "1", "yes", "on")
+            elif isinstance(value, (bool, int)) and value in (0, 1):
+                value = bool(value)
+            else:
+                raise ValueError
+        elif kind is int:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, bool) or float(number) != int(float(number)):
+                raise ValueError
+            value = int(float(number))
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key '{f.name}' needs a {kind.__name__}, got {value!r} ({meta['help']})") from None
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise UserError(f"config key '{f.name}' got {value!r}; allowed values: {', '.join(meta['choices'])}")
+    low, high = meta["min"], meta["max"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise UserError(f"config key '{f.name}' got {value!r}; it must lie in {bounds}")
+    return value

@@ -1,0 +1,1 @@
+"""Drive sweeps: CLI, sweep construction on Ray Tune, MLflow tracking, results."""

@@ -1,0 +1,115 @@
+"""After a sweep: the trials table (Parquet), the winner chosen on validation, and its one test evaluation."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainables.config import TrialConfig
+
+TRIALS_FILE = "trials.parquet"
+BASE_COLUMNS = ("trial_id", "status", "epochs", "best_val_top1", "last_val_top1", "last_val_loss",
+                "images_per_s", "wall_s", "node_id", "checkpoint", "error")
+
+
+def trial_rows(result_grid) -> list[dict[str, Any]]:
+    """One row per trial from Ray Tune's ResultGrid: outcome, timing, where it ran, best checkpoint, config."""
+    rows = []
+    for result in result_grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        history = result.metrics_dataframe
+        best_val = float(history["val_top1"].max()) if history is not None and "val_top1" in history else math.nan
+        best_ckpt = None
+        if result.best_checkpoints:
+            best_ckpt = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_top1", -1))[0]
+        epochs = int(metrics.get("epoch", 0))
+        rows.append({
+            "trial_id": metrics.get("trial_id") or Path(result.path).name,
+            "status": trial_status(result.error is not None, bool(metrics.get("diverged")), epochs,
+                                   int(config.get("max_epochs", 0))),
+            "epochs": epochs,
+            "best_val_top1": best_val,
+            "last_val_top1": float(metrics.get("val_top1", math.nan)),
+            "last_val_loss": float(metrics.get("val_loss", math.nan)),
+            "images_per_s": float(metrics.get("images_per_s", math.nan)),
+            "wall_s": float(metrics.get("time_total_s", math.nan)),
+            "node_id": str(metrics.get("node_id", "")),
+            "checkpoint": best_ckpt.path if best_ckpt is not None else None,
+            "error": _one_line(result.error) if result.error is not None else None,
+            **{key: config.get(key) for key in TrialConfig.keys()},
+        })
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def trial_status(errored: bool, diverged: bool, epochs: int, max_epochs: int) -> str:
+    if errored:
+        return "failed"
+    if diverged:
+        return "diverged"
+    return "finished" if epochs >= max_epochs else "stopped"
+
+
+def write_trials(rows: list[dict[str, Any]], sweep_dir: Path) -> Path:
+    """Write trials.parquet atomically: readers never see half a file."""
+    columns = list(BASE_COLUMNS) + list(TrialConfig.keys())
+    table = pa.Table.from_pylist(rows, schema=_schema()) if rows else _schema().empty_table()
+    table = table.select(columns)
+    path = Path(sweep_dir) / TRIALS_FILE
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _schema() -> pa.Schema:
+    types = {"epochs": pa.int64(), "best_val_top1": pa.float64(), "last_val_top1": pa.float64(),
+             "last_val_loss": pa.float64(), "images_per_s": pa.float64(), "wall_s": pa.float64()}
+    default = TrialConfig()
+    config_types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    fields = [pa.field(c, types.get(c, pa.string())) for c in BASE_COLUMNS]
+    fields += [pa.field(k, config_types[type(getattr(default, k))]) for k in TrialConfig.keys()]
+    return pa.schema(fields)
+
+
+def pick_winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Best validation top-1 among trials that left a checkpoint; the test split plays no part."""
+    candidates = [r for r in rows if r["checkpoint"] and r["status"] in ("finished", "stopped")
+                  and not math.isnan(r["best_val_top1"])]
+    return max(candidates, key=lambda r: r["best_val_top1"], default=None)
+
+
+@dataclass
+class TestResult:
+    top1: float
+    top5: float
+    loss: float
+    images: int
+
+
+def evaluate_on_test(checkpoint_dir: str, splits) -> tuple[Any, TestResult]:
+    """The one pass over the test split, for the winner only."""
+    import torch
+
+    from trainables.augment import BatchAugment
+    from trainables.classify import evaluate, load_checkpoint_model, trial_device
+
+    device = trial_device()
+    model, cfg = load_checkpoint_model(checkpoint_dir, device)
+    test_x = torch.from_numpy(splits.test_x).to(device)
+    test_y = torch.from_numpy(splits.test_y).to(device)
+    # the trial's own evaluation path on the bare net, so test and validation figures are comparable
+    preprocess = BatchAugment(splits.mean, splits.std, image_size=cfg.image_size, device=device)
+    scores = evaluate(model.net, test_x, test_y, preprocess)
+    return model.cpu(), TestResult(scores["top1"], scores["top5"], scores["loss"], len(test_y))
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[-1] if text else type(error).__name__)[:500]

@@ -1,0 +1,178 @@
+"""SweepSpec: everything one sweep needs, validated before anything is started or written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.sample import Domain
+
+from search_spaces import SPACES, SearchSpace, get_space
+from trainables.config import TrialConfig, parse_value
+from trainables.data import DATASETS
+from trainables.errors import UserError
+
+SPEC_FILE = "sweep.json"  # in STORAGE/NAME: the spec and the MLflow parent run, for --resume
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    space: str
+    dataset: str
+    num_samples: int
+    max_epochs: int
+    storage: str  # absolute path; the sweep lives in storage/name
+    name: str
+    data_dir: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # from --set, already typed
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    mlflow_uri: str | None = None
+    seed: int = 0
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.storage) / self.name
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return SPACES[self.space]
+
+    def param_space(self) -> dict[str, Any]:
+        """What Ray Tune samples. Later layers win: space's fixed and searched keys < the data set's
+        adjustments (which may pin a key or re-range it) < the budget < --set."""
+        space = self.search_space
+        return {"seed": self.seed, **space.fixed, **space.params, **space.dataset_overrides.get(self.dataset, {}),
+                "max_epochs": self.max_epochs, **self.overrides}
+
+    def searched_keys(self) -> list[str]:
+        return [k for k, v in self.param_space().items() if isinstance(v, Domain) or
+                (isinstance(v, dict) and "grid_search" in v)]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
+        return cls(**data)
+
+
+def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None = None,
+               num_samples: int | None = None, max_epochs: int | None = None, sets: list[str] = (),
+               gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0, max_concurrent: int | None = None,
+               address: str | None = None, mlflow_uri: str | None = None, storage: str = "sweeps",
+               name: str | None = None, seed: int = 0) -> SweepSpec:
+    """Check every user choice and return a spec, or raise UserError naming the first mistake."""
+    chosen = get_space(space)
+    if chosen is None:
+        raise UserError(f"unknown space '{space}'; known spaces: {', '.join(sorted(SPACES))} (see --list-spaces)")
+    dataset = dataset or chosen.dataset
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
+    num_samples = chosen.num_samples if num_samples is None else num_samples
+    max_epochs = chosen.max_epochs if max_epochs is None else max_epochs
+    for flag, value in (("--num-samples", num_samples), ("--max-epochs", max_epochs)):
+        if value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be a positive integer, got {max_concurrent}")
+    if gpus_per_trial < 0 or cpus_per_trial <= 0:
+        raise UserError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise UserError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be a whole number of GPUs")
+    spec = SweepSpec(
+        space=space, dataset=dataset, num_samples=num_samples, max_epochs=max_epochs,
+        storage=_storage_path(storage), name=name or f"{space}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
+        data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
+        overrides=parse_sets(sets), gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+        max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed)
+    validate_trial_configs(spec)
+    return spec
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set lr=3e-3")
+        overrides[key.strip()] = parse_value(key.strip(), text.strip())
+    return overrides
+
+
+def validate_trial_configs(spec: SweepSpec, samples: int = 3) -> None:
+    """Sample a few configs from the space and validate each: bad keys and ranges fail here, not in trial 7."""
+    space = spec.param_space()
+    for key, value in space.items():
+        if isinstance(value, Domain):
+            TrialConfig.from_dict({key: value.sample()})  # names the key if it is unknown
+    for config in sample_configs(spec, samples):
+        TrialConfig.from_dict(config)
+
+
+def sample_configs(spec: SweepSpec, n: int) -> list[dict[str, Any]]:
+    """A few concrete configs drawn from the space (grid axes sampled like choices)."""
+    import random
+
+    rng = random.Random(spec.seed)
+    out = []
+    for _ in range(n):
+        config = {}
+        for key, value in spec.param_space().items():
+            if isinstance(value, Domain):
+                config[key] = value.sample(random_state=rng.randrange(2 ** 31))
+            elif isinstance(value, dict) and "grid_search" in value:
+                config[key] = rng.choice(value["grid_search"])
+            else:
+                config[key] = value
+        out.append(_plain(config))
+    return out
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars from samplers -> Python numbers, so configs print and serialise cleanly."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
+
+
+def _storage_path(storage: str) -> str:
+    if "://" in storage:  # s3://, gs://: Ray's storage layer handles it
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def check_storage_writable(spec: SweepSpec) -> None:
+    if "://" in spec.storage:
+        return
+    root = Path(spec.storage)
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"--storage {spec.storage} is not writable; choose a folder you can write to")
+
+
+def write_spec(spec: SweepSpec, extra: dict[str, Any]) -> None:
+    path = spec.sweep_dir / SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"spec": spec.to_json(), **extra}, indent=2))
+    os.replace(tmp, path)
+
+
+def read_spec(sweep_dir: Path) -> tuple[SweepSpec, dict[str, Any]]:
+    path = sweep_dir / SPEC_FILE
+    if not path.is_file():
+        raise UserError(f"no sweep to resume at {sweep_dir}; check --storage and --name (or drop --resume)")
+    try:
+        data = json.loads(path.read_text())
+        spec = SweepSpec.from_json(data.pop("spec"))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}); the sweep cannot be resumed") from None
+    return spec, data

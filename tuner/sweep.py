@@ -1,0 +1,192 @@
+"""Build and run one sweep: checks first, then Ray Tune (Optuna/grid/random + ASHA), then results and MLflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from trainables.data import ImageSplits, load_dataset
+from trainables.errors import UserError
+from tuner import results, tracking
+from tuner.spec import SweepSpec, check_storage_writable, write_spec
+
+DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8265
+KEEP_CHECKPOINTS = 2  # per trial, by validation top-1: bounds the sweep folder
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    rows: list[dict[str, Any]]
+    parquet: Path
+    tracking_uri: str
+    parent_run_id: str
+    winner: dict[str, Any] | None = None
+    test: results.TestResult | None = None
+    model_uri: str | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if any(r["status"] in ("finished", "stopped") for r in self.rows) else 1
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None = None,
+              parent_run_id: str | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep. Every user mistake raises UserError before anything is written."""
+    import ray
+    from ray import tune
+
+    from trainables.classify import train_classifier
+    from tuner.progress import LiveProgress
+
+    console = console or Console()
+    # 1. Checks: nothing is written and no run is created until all of these pass.
+    if not resume:
+        check_storage_writable(spec)
+        if (spec.sweep_dir / "sweep.json").exists():
+            raise UserError(f"a sweep named '{spec.name}' already exists in {spec.storage}; pass --resume to "
+                            f"continue it, or choose another --name")
+    splits = load_dataset(spec.dataset, spec.data_dir)
+    client = tracking.connect(spec.mlflow_uri)
+    tracking_uri = _tracking_uri()
+    started_ray = start_ray(spec.address)
+    try:
+        check_resources(spec)
+        console.print(f"[bold]{spec.name}[/bold]: space {spec.space} on {splits.summary()}")
+        if started_ray:
+            console.print(f"Ray dashboard: http://{DASHBOARD_HOST}:{DASHBOARD_PORT}   MLflow: {tracking_uri}")
+
+        # 2. The parent run and the sweep's record, for --resume.
+        space = spec.search_space
+        if parent_run_id is None:
+            parent_run_id = tracking.start_parent_run(
+                client, experiment=spec.space, run_name=spec.name,
+                tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(spec.sweep_dir),
+                      **tracking.provenance_tags()},
+                params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs, "search": space.search,
+                        "seed": spec.seed, **{f"set.{k}": v for k, v in spec.overrides.items()}})
+            write_spec(spec, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri})
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        callbacks = [tracking.MlflowTrials(tracking_uri, experiment_id, parent_run_id, spec.max_epochs),
+                     LiveProgress(console, space.metric, None if space.search == "grid" else spec.num_samples)]
+
+        # 3. Ray Tune. Data travels once through the object store; trials never re-read files.
+        trainable = tune.with_resources(
+            tune.with_parameters(train_classifier, data=splits.without_test()),
+            {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+        if resume:
+            tuner = tune.Tuner.restore(str(spec.sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config(spec),
+                               run_config=run_config(spec, callbacks))
+        grid = tuner.fit()
+
+        # 4. Results: Parquet, the winner (chosen on validation) tested once, MLflow.
+        rows = results.trial_rows(grid)
+        parquet = results.write_trials(rows, spec.sweep_dir)
+        outcome = SweepOutcome(spec, rows, parquet, tracking_uri, parent_run_id)
+        for row in rows:
+            if row["status"] in ("failed", "diverged"):
+                outcome.failures[row["status"]] = outcome.failures.get(row["status"], 0) + 1
+        outcome.winner = results.pick_winner(rows)
+        if outcome.winner is not None:
+            model, outcome.test = results.evaluate_on_test(outcome.winner["checkpoint"], splits)
+            outcome.model_uri = tracking.log_winner(
+                tracking_uri, parent_run_id, outcome.winner["trial_id"], model,
+                {"test_top1": outcome.test.top1, "test_top5": outcome.test.top5, "test_loss": outcome.test.loss},
+                registered_name=f"{spec.space}-{spec.dataset}",
+                input_example=_input_example(splits))
+        tracking.end_parent_run(tracking_uri, parent_run_id, "FINISHED" if outcome.exit_code == 0 else "FAILED")
+        return outcome
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def tune_config(spec: SweepSpec):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = spec.search_space
+    if space.search == "optuna":
+        search_alg = OptunaSearch(seed=spec.seed)  # TPE; metric and mode come from TuneConfig
+    else:
+        search_alg = BasicVariantGenerator(random_state=spec.seed)  # grid cells and/or random samples
+    scheduler = FIFOScheduler()
+    if space.asha is not None:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs,
+                                  grace_period=min(space.asha.grace_period, spec.max_epochs),
+                                  reduction_factor=space.asha.reduction_factor)
+    return tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=scheduler,
+                           num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
+                           reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
+
+
+def run_config(spec: SweepSpec, callbacks: list):
+    from ray import tune
+
+    space = spec.search_space
+    return tune.RunConfig(
+        name=spec.name, storage_path=spec.storage, callbacks=callbacks, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        failure_config=tune.FailureConfig(max_failures=2))  # transient failures resume from the last checkpoint
+
+
+def start_ray(address: str | None) -> bool:
+    """Join `address`, or start a local instance (dashboard on loopback). True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress display replaces Tune's console output
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            raise UserError(f"cannot join the Ray cluster at --address {address} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); is `ray start --head` running "
+                            f"there?") from None
+        return False
+    ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST, dashboard_port=DASHBOARD_PORT, **kwargs)
+    return True
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Fail at once when no node could ever run a trial, instead of leaving trials pending forever."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    max_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    max_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if spec.gpus_per_trial > 0 and max_gpus == 0:
+        raise UserError(f"--gpus-per-trial {spec.gpus_per_trial:g} but the Ray cluster has no GPU; use "
+                        f"--gpus-per-trial 0 to train on CPU, or --address a cluster with GPUs")
+    if spec.gpus_per_trial > max_gpus:
+        raise UserError(f"--gpus-per-trial {spec.gpus_per_trial:g} but the largest node has {max_gpus:g} GPU(s)")
+    if spec.cpus_per_trial > max_cpus:
+        raise UserError(f"--cpus-per-trial {spec.cpus_per_trial:g} but the largest node has {max_cpus:g} CPU(s)")
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _input_example(splits: ImageSplits) -> np.ndarray:
+    """Two validation images as float [0, 1]: what the registered model (with its preprocessing) takes."""
+    return splits.val_x[:2].astype(np.float32) / 255.0
