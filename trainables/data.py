@@ -17,6 +17,9 @@ import numpy as np
 from trainables.errors import UserError
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
+DEFAULT_DATA_DIR = "data"  # for cifar10/100 when --data-dir is not given: created, and downloaded into
+# (classes, stored image size) known without touching the files, for --dry-run; a folder's are read from disk.
+KNOWN_SHAPES = {"digits": (10, 32), "cifar10": (10, 32), "cifar100": (100, 32)}
 SPLIT_SEED = 0  # fixed: every trial of every sweep sees the same validation images
 VAL_FRACTION = 0.1
 
@@ -60,8 +63,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     if name == "digits":
         train_x, train_y, test_x, test_y, classes = _digits()
     elif name in ("cifar10", "cifar100"):
-        train_x, train_y, test_x, test_y, classes = _cifar(name, _require_dir(name, data_dir, create=download),
-                                                           download)
+        root = _require_dir(name, data_dir) if data_dir is not None else _default_dir()
+        train_x, train_y, test_x, test_y, classes = _cifar(name, root, download)
     elif name == "folder":
         train_x, train_y, test_x, test_y, classes = _image_folder(_require_dir(name, data_dir), image_size or 64)
     else:
@@ -88,17 +91,22 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _require_dir(name: str, data_dir: str | os.PathLike | None, create: bool = False) -> Path:
+def _require_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
     if data_dir is None:
         raise UserError(f"dataset '{name}' needs --data-dir PATH (the folder holding its files)")
     path = Path(data_dir).expanduser()
-    if create:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create --data-dir {path}: {exc.strerror}") from None
     if not path.is_dir():
-        raise UserError(f"--data-dir {path} does not exist; create it or point --data-dir at the data set's folder")
+        raise UserError(f"--data-dir {path} does not exist; create it (to download into) or point --data-dir at "
+                        f"the folder holding the {name} files")
+    return path
+
+
+def _default_dir() -> Path:
+    path = Path(DEFAULT_DATA_DIR).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the data folder {path} ({exc.strerror}); pass --data-dir PATH") from None
     return path
 
 

@@ -112,7 +112,7 @@ def print_summary(outcome, console: Console, top: int = 5) -> None:
     table = Table(title=f"top {min(top, len(rows))} of {len(rows)} trials (by validation top-1)")
     for column in ("trial", "status", "epochs", "val top-1", "wall s"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("searched params", overflow="fold")
+    table.add_column("searched params")
     for row in rows[:top]:
         table.add_row(row["trial_id"], row["status"], str(row["epochs"]), f"{row['best_val_top1']:.2f}",
                       f"{row['wall_s']:.0f}", " ".join(f"{k}={_short(row.get(k))}" for k in searched))

@@ -1,0 +1,64 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, no sweep folder and no MLflow run left behind."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tuner.run import EXIT_USER_ERROR, main
+
+
+def run_main(capsys, tmp_path, *args):
+    storage = tmp_path / "sweeps"
+    code = main(["--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args])
+    out = capsys.readouterr()
+    return code, (out.out + out.err).strip(), storage
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--space", "nope"], "unknown space 'nope'; known spaces: resnet_rsb"),
+    (["--space", "resnet_rsb", "--set", "nope=1"], "unknown config key 'nope'"),
+    (["--space", "resnet_rsb", "--set", "lr=fast"], "config key 'lr' needs a float"),
+    (["--space", "resnet_rsb", "--set", "opt=adam"], "allowed values: sgd, adamw, lamb"),
+    (["--space", "resnet_rsb", "--num-samples", "0"], "--num-samples must be a positive integer"),
+    (["--space", "resnet_rsb", "--max-epochs", "0"], "--max-epochs must be a positive integer"),
+    (["--space", "resnet_rsb", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "does not exist"),
+    (["--space", "resnet_rsb", "--dataset", "folder"], "dataset 'folder' needs --data-dir PATH"),
+    (["--space", "resnet_rsb", "--resume"], "--resume needs --name"),
+    (["--space", "resnet_rsb", "--resume", "--name", "never-ran"], "no sweep to resume"),
+    ([], "name a search space with --space NAME"),
+])
+def test_one_line_and_nothing_written(capsys, tmp_path, args, needle):
+    code, text, storage = run_main(capsys, tmp_path, *args)
+    assert code == EXIT_USER_ERROR
+    assert needle in text and text.startswith("error:")
+    assert len(text.splitlines()) == 1 or "Traceback" not in text
+    assert not storage.exists()
+
+
+def test_gpus_requested_without_gpus(capsys, tmp_path):
+    """Checked against the real Ray instance: fails at once instead of leaving trials pending."""
+    import mlflow
+
+    code, text, storage = run_main(capsys, tmp_path, "--space", "resnet_rsb", "--dataset", "digits",
+                                   "--gpus-per-trial", "0.25")
+    assert code == EXIT_USER_ERROR and "--gpus-per-trial 0.25 but the Ray cluster has no GPU" in text
+    assert not storage.exists()
+    runs = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()])
+    assert runs == []
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tuner.run", "--space", "resnet_rsb", "--set", "batch_size=-4",
+                           "--storage", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_USER_ERROR
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "config key 'batch_size' got -4; it must lie in [2, 65536]" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_spaces(capsys):
+    assert main(["--list-spaces"]) == 0
+    assert "resnet_rsb" in capsys.readouterr().out
