@@ -46,11 +46,12 @@ class SweepSpec:
         return SPACES[self.space]
 
     def param_space(self) -> dict[str, Any]:
-        """What Ray Tune samples. Later layers win: space's fixed and searched keys < the data set's
-        adjustments (which may pin a key or re-range it) < the budget < --set."""
+        """What Ray Tune samples. Later layers win: the space's fixed keys < the epoch budget < its searched keys
+        (a space may search max_epochs below the budget) < the data set's adjustments (which may pin a key or
+        re-range it) < --set and an explicit --max-epochs."""
         space = self.search_space
-        return {"seed": self.seed, **space.fixed, **space.params, **space.dataset_overrides.get(self.dataset, {}),
-                "max_epochs": self.max_epochs, **self.overrides}
+        return {"seed": self.seed, **space.fixed, "max_epochs": self.max_epochs, **space.params,
+                **space.dataset_overrides.get(self.dataset, {}), **self.overrides}
 
     def searched_keys(self) -> list[str]:
         return [k for k, v in self.param_space().items() if isinstance(v, Domain) or
@@ -76,11 +77,14 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
     dataset = dataset or chosen.dataset
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
-    num_samples = chosen.num_samples if num_samples is None else num_samples
-    max_epochs = chosen.max_epochs if max_epochs is None else max_epochs
     for flag, value in (("--num-samples", num_samples), ("--max-epochs", max_epochs)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"{flag} must be a positive integer, got {value}")
+    overrides = parse_sets(sets)
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs  # an explicit budget pins it, also where a space searches it
+    num_samples = chosen.num_samples if num_samples is None else num_samples
+    max_epochs = overrides.get("max_epochs", chosen.max_epochs)
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent must be a positive integer, got {max_concurrent}")
     if gpus_per_trial < 0 or cpus_per_trial <= 0:
@@ -91,7 +95,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         space=space, dataset=dataset, num_samples=num_samples, max_epochs=max_epochs,
         storage=_storage_path(storage), name=name or f"{space}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
-        overrides=parse_sets(sets), gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+        overrides=overrides, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed)
     validate_trial_configs(spec)
     return spec
@@ -114,7 +118,10 @@ def validate_trial_configs(spec: SweepSpec, samples: int = 3) -> None:
         if isinstance(value, Domain):
             TrialConfig.from_dict({key: value.sample()})  # names the key if it is unknown
     for config in sample_configs(spec, samples):
-        TrialConfig.from_dict(config)
+        cfg = TrialConfig.from_dict(config)
+        if cfg.max_epochs > spec.max_epochs:
+            raise UserError(f"space '{spec.space}' samples max_epochs={cfg.max_epochs} above the sweep's budget of "
+                            f"{spec.max_epochs}; raise --max-epochs")
 
 
 def sample_configs(spec: SweepSpec, n: int) -> list[dict[str, Any]]:
