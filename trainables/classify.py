@@ -1,6 +1,7 @@
 """One Ray Tune trial: build data, model and recipe from a flat config, train epoch by epoch, report.
 
-    for epoch: train on augmented batches -> evaluate on validation -> tune.report(metrics, checkpoint)
+    for epoch: train on augmented batches -> evaluate on validation (every val_every epochs)
+               -> tune.report(metrics, checkpoint) -> stop early after `patience` validations without a new best
 
 The loop reads top to bottom on purpose (nanoGPT style); the data stays on the trial's device
 as uint8 for the whole trial and is augmented there in batches (airbench style).
@@ -24,7 +25,7 @@ from trainables.augment import BatchAugment
 from trainables.config import TrialConfig
 from trainables.data import ImageSplits
 from trainables.errors import UserError
-from trainables.models import create_model
+from trainables.models import create_model, freeze_backbone, freeze_backbone_batchnorm, load_pretrained
 from trainables.recipe import create_recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,6 +45,9 @@ def train_classifier(config: dict[str, Any], data: ImageSplits) -> None:
             resume_from = torch.load(os.path.join(ckpt_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     node_id = _node_id()
     for metrics, trial_state in train_epochs(cfg, data, resume_from=resume_from):
+        if not metrics["validated"]:  # checkpoints are scored by val_top1, so only weights it was measured on
+            tune.report({**metrics, "node_id": node_id})
+            continue
         with tempfile.TemporaryDirectory() as ckpt_dir:
             save_atomic(trial_state(), os.path.join(ckpt_dir, CHECKPOINT_FILE))
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
@@ -60,22 +64,28 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
     train_x, train_y = _to_device(data.train_x, device), _to_device(data.train_y, device)
     val_x, val_y = _to_device(data.val_x, device), _to_device(data.val_y, device)
 
-    model = build_model(cfg, data.num_classes, device)
+    image_size = cfg.image_size or data.image_size  # what the model sees
+    model = build_model(cfg, data.num_classes, device, image_size, load_weights=resume_from is None)
     updates_per_epoch = len(train_y) // cfg.batch_size
     if updates_per_epoch == 0:
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train_y)} training images; lower it")
     recipe = create_recipe(model, cfg, data.num_classes, updates_per_epoch)
     augment = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
-                           image_size=cfg.image_size, device=device)
+                           image_size=cfg.image_size, rotation=cfg.rotation,
+                           randaugment_magnitude=cfg.randaugment_magnitude, randaugment_ops=cfg.randaugment_ops,
+                           random_erasing=cfg.random_erasing, device=device)
     step_model = torch.compile(model) if cfg.compile else model
     autocast = _autocast(cfg, device)
     generator = torch.Generator(device=device)
 
     start_epoch, best_val_top1 = 0, 0.0
+    stale = 0  # validations since the last new best val_top1
+    val = {"loss": math.nan, "top1": math.nan, "top5": math.nan}  # the last measured; NaN before the first
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
         recipe.load_state_dict(resume_from["recipe"])
         start_epoch, best_val_top1 = resume_from["epoch"], resume_from["best_val_top1"]
+        stale, val = resume_from.get("stale", 0), resume_from.get("val", val)
 
     for epoch in range(start_epoch + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
@@ -83,6 +93,8 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
         if recipe.mixup is not None:
             np.random.seed(cfg.seed * 100_003 + epoch)  # timm's Mixup draws from numpy's global RNG
         model.train()
+        if cfg.freeze_backbone:
+            freeze_backbone_batchnorm(model)
         order = torch.randperm(len(train_y), device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
         for step in range(updates_per_epoch):
@@ -104,20 +116,26 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
         train_loss = (loss_sum / updates_per_epoch).item()  # one device sync per epoch, not per step
         train_s = time.perf_counter() - t0
 
-        val = evaluate(step_model, val_x, val_y, augment, autocast)
-        best_val_top1 = max(best_val_top1, val["top1"])
+        validated = epoch % cfg.val_every == 0 or epoch == cfg.max_epochs
+        if validated:
+            val = evaluate(step_model, val_x, val_y, augment, autocast)
+            stale = 0 if val["top1"] > best_val_top1 else stale + 1
+            best_val_top1 = max(best_val_top1, val["top1"])
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_top1": val["top1"],
-            "val_top5": val["top5"], "best_val_top1": best_val_top1, "lr": recipe.optimizer.param_groups[0]["lr"],
+            "val_top5": val["top5"], "best_val_top1": best_val_top1, "validated": validated,
+            "lr": max(group["lr"] for group in recipe.optimizer.param_groups),  # layer_decay scales the others
             "images_per_s": updates_per_epoch * cfg.batch_size / train_s, "epoch_s": time.perf_counter() - t0,
             "diverged": not math.isfinite(train_loss),
+            "early_stopped": cfg.patience > 0 and stale >= cfg.patience and epoch < cfg.max_epochs,
         }
-        yield metrics, lambda epoch=epoch, best=best_val_top1: {
+        yield metrics, lambda epoch=epoch, best=best_val_top1, stale=stale, val=dict(val): {
             "model": model.state_dict(), "recipe": recipe.state_dict(), "epoch": epoch, "best_val_top1": best,
+            "stale": stale, "val": val, "image_size": image_size,
             "config": cfg.to_dict(), "num_classes": data.num_classes, "classes": list(data.classes),
             "mean": list(data.mean), "std": list(data.std)}
-        if metrics["diverged"]:
-            return  # a non-finite loss never recovers; the tuner records the trial as diverged
+        if metrics["diverged"] or metrics["early_stopped"]:
+            return  # a non-finite loss never recovers; a stalled one stops to free its slot for other trials
 
 
 @torch.no_grad()
@@ -141,8 +159,18 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augme
     return {"loss": loss_sum.item() / n, "top1": top1, "top5": top5}
 
 
-def build_model(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn.Module:
-    model = create_model(cfg.model, num_classes, width=cfg.width, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path)
+def build_model(cfg: TrialConfig, num_classes: int, device: torch.device, image_size: int | None = None, *,
+                load_weights: bool = True) -> nn.Module:
+    """The trial's model for `image_size` inputs, from its pretrained file when set, backbone frozen when asked.
+
+    `image_size` is the size the model sees (cfg.image_size, else the data set's; None: cfg.image_size or 32).
+    `load_weights=False` skips the pretrained file (a resumed trial restores its own weights).
+    """
+    model = _create_net(cfg, num_classes, image_size or cfg.image_size or 32)
+    if cfg.pretrained and load_weights:
+        load_pretrained(model, cfg.pretrained)
+    if cfg.freeze_backbone:
+        freeze_backbone(model)
     model = model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -178,13 +206,18 @@ def load_checkpoint_model(path: str, device: torch.device | str = "cpu") -> tupl
     try:
         state = torch.load(file, map_location=device, weights_only=True)
         cfg = TrialConfig.from_dict(state["config"])
-        net = create_model(cfg.model, state["num_classes"], width=cfg.width, drop_rate=cfg.drop_rate,
-                           drop_path=cfg.drop_path)
+        net = _create_net(cfg, state["num_classes"], state["image_size"])
         net.load_state_dict(state["model"])
     except (OSError, RuntimeError, KeyError, EOFError) as exc:
         raise UserError(f"checkpoint {file} is unreadable ({type(exc).__name__}); it may be truncated") from None
     model = ImageClassifier(net, state["mean"], state["std"], cfg.image_size, state["classes"])
     return model.to(device).eval(), cfg
+
+
+def _create_net(cfg: TrialConfig, num_classes: int, image_size: int) -> nn.Module:
+    return create_model(cfg.model, num_classes, image_size=image_size, width=cfg.width, drop_rate=cfg.drop_rate,
+                        drop_path=cfg.drop_path, vit_patch=cfg.vit_patch, vit_depth=cfg.vit_depth,
+                        vit_dim=cfg.vit_dim, vit_heads=cfg.vit_heads, vit_mlp_dim=cfg.vit_mlp_dim)
 
 
 def save_atomic(obj: Any, path: str) -> None:

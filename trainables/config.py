@@ -27,10 +27,24 @@ class TrialConfig:
     width: float = _knob(1.0, "channel width multiplier of the built-in CIFAR nets", min=0.05, max=8.0)
     drop_rate: float = _knob(0.0, "dropout before the classifier", min=0.0, max=0.95)
     drop_path: float = _knob(0.0, "stochastic depth (drop-path) rate", min=0.0, max=0.95)
+    vit_patch: int = _knob(4, "vit_scratch: patch size in pixels (must divide the image size)", min=1, max=64)
+    vit_depth: int = _knob(6, "vit_scratch: number of transformer blocks", min=1, max=48)
+    vit_dim: int = _knob(192, "vit_scratch: embedding width (a multiple of vit_heads)", min=8, max=4096)
+    vit_heads: int = _knob(3, "vit_scratch: attention heads", min=1, max=64)
+    vit_mlp_dim: int = _knob(0, "vit_scratch: hidden width of the MLP blocks (0: 4 x vit_dim)", min=0, max=16_384)
+    # pretrained weights (a local file; nothing is downloaded)
+    pretrained: str = _knob("", "path of a local .safetensors/.pt/.pth state dict to start from ('': random init); "
+                                "a classifier head of another class count is re-initialised")
+    freeze_backbone: bool = _knob(False, "train only the classifier head (backbone weights and BN statistics fixed)")
+    layer_decay: float = _knob(0.0, "layer-wise LR decay factor, e.g. 0.75 (timm layer_decay; 0: off)", min=0.0,
+                               max=1.0)
     # schedule and batch
     max_epochs: int = _knob(10, "epochs of the LR schedule; ASHA may stop a trial sooner (CLI: --max-epochs)", min=1,
                             max=10_000)
     batch_size: int = _knob(128, "training batch size", min=2, max=65_536)
+    val_every: int = _knob(1, "validate every this many epochs, and always on the last one", min=1, max=10_000)
+    patience: int = _knob(0, "stop early after this many validations without a new best val_top1 (0: off)", min=0,
+                          max=10_000)
     # optimizer (timm create_optimizer_v2)
     opt: str = _knob("adamw", "optimizer", choices=("sgd", "adamw", "lamb"))
     lr: float = _knob(1e-3, "peak learning rate", min=1e-8, max=10.0)
@@ -56,6 +70,12 @@ class TrialConfig:
     crop_padding: int = _knob(4, "random-crop padding in pixels (0: no crop)", min=0, max=64)
     hflip: bool = _knob(True, "random horizontal flip")
     image_size: int = _knob(0, "resize images to this size on the device (0: the data set's size)", min=0, max=1024)
+    rotation: float = _knob(0.0, "random rotation by up to this many degrees either way (0: off)", min=0.0, max=180.0)
+    randaugment_magnitude: float = _knob(0.0, "RandAugment magnitude on torchvision's 0-30 scale, e.g. 9 (0: off)",
+                                         min=0.0, max=30.0)
+    randaugment_ops: int = _knob(2, "RandAugment operations applied per image", min=1, max=14)
+    random_erasing: float = _knob(0.0, "probability of erasing a random box per image with noise (0: off)", min=0.0,
+                                  max=1.0)
     # runtime
     seed: int = _knob(0, "trial seed (weights init, data order, augmentation)", min=0)
     amp: bool = _knob(True, "bf16 autocast on CUDA (ignored on CPU)")
@@ -99,6 +119,8 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
     """Convert `value` to the field's type and check it against the field's limits."""
     kind = type(f.default)
     meta = f.metadata
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars from samplers
+        value = value.item()
     try:
         if kind is bool:
             if isinstance(value, str):

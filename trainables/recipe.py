@@ -34,8 +34,10 @@ def create_recipe(model: nn.Module, cfg: TrialConfig, num_classes: int, updates_
     from timm.scheduler import create_scheduler_v2
 
     extra = {"nesterov": cfg.nesterov} if cfg.opt == "sgd" else {}
+    # layer_decay: timm scales each layer group's LR (the group's lr_scale, which its schedulers honour);
+    # parameters with requires_grad False (a frozen backbone) are left out of the optimizer
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, **extra)
+                                    momentum=cfg.momentum, layer_decay=cfg.layer_decay or None, **extra)
     decay_epochs = {"step": cfg.step_epochs, "exponential": 1, "constant": 10 ** 9}.get(cfg.sched, 1)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=_TIMM_SCHED[cfg.sched], num_epochs=cfg.max_epochs, decay_epochs=decay_epochs,
