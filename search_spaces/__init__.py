@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from search_spaces import (cifar100_baselines, cnn_grid, imagenet100_ablation, resnet34_transfer, resnet_rsb,
+                           vit_finetune, vit_scratch)
 from search_spaces.base import Asha, SearchSpace
-from search_spaces.resnet_rsb import SPACE as _resnet_rsb
 
-SPACES: dict[str, SearchSpace] = {space.name: space for space in (_resnet_rsb,)}
+SPACES: dict[str, SearchSpace] = {module.SPACE.name: module.SPACE for module in (
+    resnet_rsb, cifar100_baselines, vit_scratch, vit_finetune, cnn_grid, resnet34_transfer, imagenet100_ablation)}
 
 
 def get_space(name: str) -> SearchSpace | None:

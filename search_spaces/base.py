@@ -30,3 +30,7 @@ class SearchSpace:
     max_epochs: int = 30
     # Per-dataset adjustments, e.g. a narrower net on the tiny offline `digits` set for quick starts.
     dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Keys the user must give with --set, each with the line that tells them how (e.g. pretrained weights).
+    requires: dict[str, str] = field(default_factory=dict)
+    # Size an image-folder data set is decoded and stored at (the largest image_size the space uses).
+    folder_image_size: int = 64

@@ -25,7 +25,7 @@ from trainables.augment import BatchAugment
 from trainables.config import TrialConfig
 from trainables.data import ImageSplits
 from trainables.errors import UserError
-from trainables.models import create_model, freeze_backbone, freeze_backbone_batchnorm, load_pretrained
+from trainables.models import create_model, freeze_backbone, freeze_backbone_batchnorm, load_pretrained, weights_file
 from trainables.recipe import create_recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -70,10 +70,12 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
     if updates_per_epoch == 0:
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train_y)} training images; lower it")
     recipe = create_recipe(model, cfg, data.num_classes, updates_per_epoch)
-    augment = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
-                           image_size=cfg.image_size, rotation=cfg.rotation,
-                           randaugment_magnitude=cfg.randaugment_magnitude, randaugment_ops=cfg.randaugment_ops,
-                           random_erasing=cfg.random_erasing, device=device)
+    on = cfg.augment  # the master switch of augmentation ablations
+    augment = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding if on else 0, hflip=cfg.hflip and on,
+                           image_size=cfg.image_size, rotation=cfg.rotation if on else 0.0,
+                           randaugment_magnitude=cfg.randaugment_magnitude if on else 0.0,
+                           randaugment_ops=cfg.randaugment_ops, random_erasing=cfg.random_erasing if on else 0.0,
+                           device=device)
     step_model = torch.compile(model) if cfg.compile else model
     autocast = _autocast(cfg, device)
     generator = torch.Generator(device=device)
@@ -168,7 +170,7 @@ def build_model(cfg: TrialConfig, num_classes: int, device: torch.device, image_
     """
     model = _create_net(cfg, num_classes, image_size or cfg.image_size or 32)
     if cfg.pretrained and load_weights:
-        load_pretrained(model, cfg.pretrained)
+        load_pretrained(model, weights_file(cfg.pretrained, cfg.model))
     if cfg.freeze_backbone:
         freeze_backbone(model)
     model = model.to(device)

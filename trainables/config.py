@@ -33,8 +33,9 @@ class TrialConfig:
     vit_heads: int = _knob(3, "vit_scratch: attention heads", min=1, max=64)
     vit_mlp_dim: int = _knob(0, "vit_scratch: hidden width of the MLP blocks (0: 4 x vit_dim)", min=0, max=16_384)
     # pretrained weights (a local file; nothing is downloaded)
-    pretrained: str = _knob("", "path of a local .safetensors/.pt/.pth state dict to start from ('': random init); "
-                                "a classifier head of another class count is re-initialised")
+    pretrained: str = _knob("", "local .safetensors/.pt/.pth state dict to start from, or a folder holding "
+                                "<model>.safetensors|.pth|.pt ('': random init); another class count's head is "
+                                "re-initialised")
     freeze_backbone: bool = _knob(False, "train only the classifier head (backbone weights and BN statistics fixed)")
     layer_decay: float = _knob(0.0, "layer-wise LR decay factor, e.g. 0.75 (timm layer_decay; 0: off)", min=0.0,
                                max=1.0)
@@ -67,6 +68,7 @@ class TrialConfig:
     mix_prob: float = _knob(1.0, "probability of applying Mixup/CutMix to a batch", min=0.0, max=1.0)
     mix_switch_prob: float = _knob(0.5, "probability of CutMix instead of Mixup when both are on", min=0.0, max=1.0)
     # augmentation (batched, on the training device)
+    augment: bool = _knob(True, "master switch: false turns off every image augmentation below (an ablation axis)")
     crop_padding: int = _knob(4, "random-crop padding in pixels (0: no crop)", min=0, max=64)
     hflip: bool = _knob(True, "random horizontal flip")
     image_size: int = _knob(0, "resize images to this size on the device (0: the data set's size)", min=0, max=1024)

@@ -302,6 +302,19 @@ def freeze_backbone_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def weights_file(path: str, model_name: str) -> str:
+    """`pretrained` as a file, or a weights folder holding <model>.safetensors|.pth|.pt (searched spaces mix models)."""
+    resolved = _resolve(path)
+    if not os.path.isdir(resolved):
+        return path
+    stem = model_name.removeprefix("timm/").replace("/", "_")
+    for ext in (".safetensors", ".pth", ".pt"):
+        if os.path.isfile(os.path.join(resolved, stem + ext)):
+            return os.path.join(resolved, stem + ext)
+    raise UserError(f"weights folder {resolved} has no {stem}.safetensors, {stem}.pth or {stem}.pt for model "
+                    f"'{model_name}'")
+
+
 def _resolve(path: str) -> str:
     """Expand ~; a relative path is taken from where the sweep started (Ray runs trials in their own folders)."""
     path = os.path.expanduser(path)

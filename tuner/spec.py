@@ -83,6 +83,14 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
     overrides = parse_sets(sets)
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs  # an explicit budget pins it, also where a space searches it
+    for key, how in chosen.requires.items():
+        if not overrides.get(key):
+            raise UserError(f"space '{space}' needs {how}")
+    if overrides.get("pretrained"):  # trials run in their own folders: make the path absolute here, and check it
+        weights = Path(overrides["pretrained"]).expanduser().resolve()
+        if not weights.exists():
+            raise UserError(f"--set pretrained={overrides['pretrained']}: no such file or folder")
+        overrides["pretrained"] = str(weights)
     num_samples = chosen.num_samples if num_samples is None else num_samples
     max_epochs = overrides.get("max_epochs", chosen.max_epochs)
     if max_concurrent is not None and max_concurrent < 1:

@@ -53,7 +53,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
         if (spec.sweep_dir / "sweep.json").exists():
             raise UserError(f"a sweep named '{spec.name}' already exists in {spec.storage}; pass --resume to "
                             f"continue it, or choose another --name")
-    splits = load_dataset(spec.dataset, spec.data_dir)
+    splits = load_dataset(spec.dataset, spec.data_dir, image_size=spec.search_space.folder_image_size)
+    preflight_models(spec, splits)
     client = tracking.connect(spec.mlflow_uri)
     tracking_uri = _tracking_uri()
     started_ray = start_ray(spec.address)
@@ -108,6 +109,24 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def preflight_models(spec: SweepSpec, splits: ImageSplits, samples: int = 8) -> None:
+    """Build each model a sweep samples (and load its pretrained weights) on the driver, so a model that cannot
+    be built or a weights file that does not fit is one clear line now, not a failed trial later."""
+    import torch
+
+    from trainables.classify import build_model
+    from trainables.config import TrialConfig
+    from tuner.spec import sample_configs
+
+    seen = set()
+    for config in sample_configs(spec, samples):
+        cfg = TrialConfig.from_dict(config)
+        key = (cfg.model, cfg.image_size, cfg.pretrained, cfg.vit_patch, cfg.vit_dim, cfg.vit_heads)
+        if key not in seen:
+            seen.add(key)
+            build_model(cfg, splits.num_classes, torch.device("cpu"), cfg.image_size or splits.image_size)
 
 
 def tune_config(spec: SweepSpec):

@@ -1,0 +1,84 @@
+"""Every named space: valid plain data, a dry run, and a real 2-trial 1-epoch sweep on small data."""
+
+import pyarrow.parquet as pq
+import pytest
+from ray.tune.search.variant_generator import generate_variants
+
+from search_spaces import SPACES
+from tests.conftest import run_cli, write_image_folder
+from trainables.config import TrialConfig
+from tuner.spec import build_spec, sample_configs
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_space_is_complete_plain_data(name):
+    space = SPACES[name]
+    assert space.name == name and space.description and "\n" not in space.description and space.reproduces
+    assert space.search in ("optuna", "grid", "random") and space.metric == "val_top1"
+    keys = set(space.fixed) | set(space.params) | {k for o in space.dataset_overrides.values() for k in o}
+    assert keys <= set(TrialConfig.keys()), keys - set(TrialConfig.keys())
+
+
+def test_cnn_grid_enumerates_864_cells():
+    spec = build_spec(space="cnn_grid", storage="/tmp/unused")
+    cells = [config for _, config in generate_variants(spec.param_space())]
+    assert len(cells) == 864 == 3 * 4 * 4 * 3 * 3 * 2
+    axes = ("model", "lr", "weight_decay", "gamma", "sched", "augment")
+    assert len({tuple(c[a] for a in axes) for c in cells}) == 864  # every cell once
+    for config in cells[:: 97]:
+        TrialConfig.from_dict(config)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Pretrained weights the tests save themselves, in the layout users give: a file or a folder per model."""
+    import timm
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("weights")
+    save_file(timm.create_model("deit_tiny_patch16_224", num_classes=1000).state_dict(),
+              str(root / "deit_tiny.safetensors"))
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), root / "resnet34.pth")
+    return root
+
+
+def _pins(name, weights, folder):
+    return {
+        "vit_finetune": ["--set", f"pretrained={weights}"],
+        "resnet34_transfer": ["--set", f"pretrained={weights / 'resnet34.pth'}"],
+        "cnn_grid": ["--set", "model=cnn_basic", "--set", "lr=1e-3", "--set", "weight_decay=1e-4",
+                     "--set", "gamma=0.97", "--set", "sched=cosine"],  # leaves the augmentation axis: 2 cells
+        "imagenet100_ablation": ["--data-dir", str(folder), "--set", "image_size=64", "--set", "batch_size=16"],
+    }.get(name, [])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_space_runs_a_two_trial_sweep(name, tmp_path, weights):
+    folder = write_image_folder(tmp_path / "imagefolder", classes=3, per_class=24, size=32)
+    dataset = "folder" if SPACES[name].dataset == "folder" else "digits"
+    samples = "1" if SPACES[name].search == "grid" else "2"  # a grid's --num-samples repeats every cell
+    proc = run_cli("--space", name, "--dataset", dataset, "--num-samples", samples, "--max-epochs", "1",
+                   "--storage", str(tmp_path / "sweeps"), "--name", "s",
+                   "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_pins(name, weights, folder),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "sweeps" / "s" / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] in ("finished", "stopped") for r in rows)
+    assert all(r["epochs"] == 1 for r in rows)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_dry_run(name, tmp_path, weights):
+    from rich.console import Console
+
+    from tuner.dryrun import dry_run
+
+    extra = {"vit_finetune": [f"pretrained={weights}"], "resnet34_transfer": [f"pretrained={weights}/resnet34.pth"]}
+    spec = build_spec(space=name, storage=str(tmp_path), sets=extra.get(name, []),
+                      dataset="digits" if name != "imagenet100_ablation" else None)
+    rows = dry_run(spec, Console(width=200), samples=2)
+    assert len(rows) == 2 and all(r["parameters"] > 0 and r["activation_mb_per_image"] > 0 for r in rows)
+    assert not any(tmp_path.iterdir())  # wrote nothing
