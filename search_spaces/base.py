@@ -34,3 +34,6 @@ class SearchSpace:
     requires: dict[str, str] = field(default_factory=dict)
     # Size an image-folder data set is decoded and stored at (the largest image_size the space uses).
     folder_image_size: int = 64
+    # A second stage: after this sweep, one sweep of `then` per model family, starting from that family's best
+    # checkpoint (its architecture keys carried over, `pretrained` pointing at the checkpoint).
+    then: "SearchSpace | None" = None

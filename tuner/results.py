@@ -43,9 +43,17 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
             "node_id": str(metrics.get("node_id", "")),
             "checkpoint": best_ckpt.path if best_ckpt is not None else None,
             "error": _one_line(result.error) if result.error is not None else None,
-            **{key: config.get(key) for key in TrialConfig.keys()},
+            **_resolved(config),
         })
     return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def _resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """Every config key with the value the trial trained with, defaults included."""
+    try:
+        return TrialConfig.from_dict({k: v for k, v in config.items() if k in TrialConfig.keys()}).to_dict()
+    except Exception:  # noqa: BLE001 - a config the trial itself rejected: keep what was given
+        return {key: config.get(key) for key in TrialConfig.keys()}
 
 
 def trial_status(errored: bool, diverged: bool, epochs: int, max_epochs: int) -> str:

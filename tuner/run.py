@@ -88,6 +88,13 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
             dry_run(spec, console)
             return 0
+        if spec.search_space.then is not None:
+            from tuner.stages import run_stages
+
+            outcomes = run_stages(spec, console, dataset_given=args.dataset is not None)
+            for outcome in outcomes:
+                print_summary(outcome, console)
+            return max(outcome.exit_code for outcome in outcomes)
         outcome = run_sweep(spec, console=console)
     print_summary(outcome, console)
     return outcome.exit_code

@@ -38,7 +38,7 @@ class SweepOutcome:
 
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None = None,
-              parent_run_id: str | None = None) -> SweepOutcome:
+              parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> SweepOutcome:
     """Run (or resume) a sweep. Every user mistake raises UserError before anything is written."""
     import ray
     from ray import tune
@@ -70,7 +70,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
             parent_run_id = tracking.start_parent_run(
                 client, experiment=spec.space, run_name=spec.name,
                 tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(spec.sweep_dir),
-                      **tracking.provenance_tags()},
+                      **tracking.provenance_tags(), **(extra_tags or {})},
                 params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs, "search": space.search,
                         "seed": spec.seed, **{f"set.{k}": v for k, v in spec.overrides.items()}})
             write_spec(spec, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri})
