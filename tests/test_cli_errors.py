@@ -17,7 +17,7 @@ def run_main(capsys, tmp_path, *args):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--space", "nope"], "unknown space 'nope'; known spaces: resnet_rsb"),
+    (["--space", "nope"], "unknown space 'nope'; known spaces: cifar100_baselines, cnn_grid"),
     (["--space", "resnet_rsb", "--set", "nope=1"], "unknown config key 'nope'"),
     (["--space", "resnet_rsb", "--set", "lr=fast"], "config key 'lr' needs a float"),
     (["--space", "resnet_rsb", "--set", "opt=adam"], "allowed values: sgd, adamw, lamb"),

@@ -61,8 +61,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
     try:
         check_resources(spec)
         console.print(f"[bold]{spec.name}[/bold]: space {spec.space} on {splits.summary()}")
-        if started_ray:
-            console.print(f"Ray dashboard: http://{DASHBOARD_HOST}:{DASHBOARD_PORT}   MLflow: {tracking_uri}")
+        if dashboard_url:
+            console.print(f"Ray dashboard: http://{dashboard_url}   MLflow: {tracking_uri}")
 
         # 2. The parent run and the sweep's record, for --resume.
         space = spec.search_space
@@ -180,8 +180,28 @@ def start_ray(address: str | None) -> bool:
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); is `ray start --head` running "
                             f"there?") from None
         return False
-    ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST, dashboard_port=DASHBOARD_PORT, **kwargs)
+    context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
+                       dashboard_port=_free_port(DASHBOARD_HOST, DASHBOARD_PORT), **kwargs)
+    global dashboard_url
+    dashboard_url = context.dashboard_url or ""
     return True
+
+
+dashboard_url = ""  # of the Ray instance this process started
+
+
+def _free_port(host: str, preferred: int) -> int:
+    """The preferred port if free (another Ray may hold 8265), else any free one."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    return preferred
 
 
 def check_resources(spec: SweepSpec) -> None:
