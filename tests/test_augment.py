@@ -3,7 +3,7 @@
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from trainables.augment import BatchAugment, random_crop, random_hflip
+from trainables.augment import BatchAugment, random_crop, random_crop_flip, random_hflip
 
 
 def images(n=16, size=8):
@@ -35,6 +35,35 @@ def test_hflip_flips_about_half():
     flipped = torch.tensor([torch.equal(o, i.flip(2)) for o, i in zip(out, x)])
     same = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
     assert torch.all(flipped | same) and 60 < int(flipped.sum()) < 140
+
+
+def test_fused_crop_flip_equals_crop_then_flip_image_by_image():
+    """The one-gather crop+flip gives exactly torchvision's RandomCrop then RandomHorizontalFlip, per image."""
+    x = images(33, 10)
+    for seed in range(3):
+        out = random_crop_flip(x, 3, True, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)  # the same draws, in the documented order: dy, dx, flip
+        dy, dx = torch.randint(0, 7, (33,), generator=g), torch.randint(0, 7, (33,), generator=g)
+        flip = torch.rand(33, generator=g) < 0.5
+        padded = TF.pad(x, [3])
+        for i in range(len(x)):
+            window = TF.crop(padded[i], int(dy[i]), int(dx[i]), 10, 10)
+            assert torch.equal(out[i], TF.horizontal_flip(window) if flip[i] else window)
+        assert 5 < int(flip.sum()) < 28
+
+
+def test_crop_flip_without_padding_only_flips():
+    x = images(40)
+    out = random_crop_flip(x, 0, True, torch.Generator().manual_seed(0))
+    assert all(torch.equal(o, i) or torch.equal(o, i.flip(2)) for o, i in zip(out, x))
+    assert not torch.equal(out, x)
+
+
+def test_normalize_leaves_a_float_input_untouched():
+    x = images().float()
+    before = x.clone()
+    BatchAugment((0.5,) * 3, (0.2,) * 3).normalize(x)
+    assert torch.equal(x, before)
 
 
 def test_normalize_matches_torchvision():

@@ -1,4 +1,4 @@
-"""Batched augmentation on the training device (after airbench): one gather per batch, no PIL.
+"""Batched augmentation on the training device (after airbench): one gather per batch for crop + flip, no PIL.
 
 Order: crop, flip, rotation, RandAugment (all on uint8), normalise, resize, random erasing (on the normalised batch).
 """
@@ -40,17 +40,16 @@ class BatchAugment:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> normalised float, resized to `image_size` (the un-augmented path used for evaluation)."""
-        images = images.float() * self.scale + self.shift
+        # one float copy, then in place: the copy never aliases the caller's tensor
+        images = images.to(torch.float32, copy=True).mul_(self.scale).add_(self.shift)
         if self.image_size and self.image_size != images.shape[-1]:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    antialias=self.image_size < images.shape[-1], align_corners=False)
         return images
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.crop_padding:
-            images = random_crop(images, self.crop_padding, generator)
-        if self.hflip:
-            images = random_hflip(images, generator)
+        if self.crop_padding or self.hflip:
+            images = random_crop_flip(images, self.crop_padding, self.hflip, generator)
         if self.rotation:
             images = random_rotate(images, self.rotation, generator)
         if self.randaugment is not None:
@@ -61,17 +60,32 @@ class BatchAugment:
         return images
 
 
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """torchvision's RandomCrop(padding) then RandomHorizontalFlip, as one flat gather per batch.
+
+    Zero-pad by `padding`, take one random same-size window per image, read it backwards for the flipped half.
+    A single `gather` over (B, C, H*W) indices is ~5x faster on CPU than 4-D advanced indexing plus a flipped
+    copy and a `where` (tuner.bench's augment breakdown). Draw order: dy, dx, then flip.
+    """
+    b, ch, h, w = images.shape
+    dev = images.device
+    padded = F.pad(images, (padding,) * 4) if padding else images
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if hflip:
+        flip = torch.rand(b, device=dev, generator=generator) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    rows = torch.arange(h, device=dev) + dy[:, None]  # (B, H)
+    cols = cols + dx[:, None]  # (B, W)
+    flat = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).view(b, 1, h * w).expand(b, ch, h * w)
+    return padded.reshape(b, ch, -1).gather(2, flat).view(b, ch, h, w)
+
+
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero-pad by `padding` and take one random same-size window per image (torchvision's RandomCrop)."""
-    b, _, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device, generator=generator)
-    rows = (dy + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=images.device)[:, None, None, None]
-    chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
+    return random_crop_flip(images, padding, False, generator)
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -101,7 +101,8 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
         loss_sum = torch.zeros((), device=device)
         for step in range(updates_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            images, targets = augment(train_x[idx], generator), train_y[idx]
+            # index_select: a plain row gather, ~2x faster on CPU than advanced indexing (tuner.bench)
+            images, targets = augment(train_x.index_select(0, idx), generator), train_y[idx]
             if recipe.mixup is not None:
                 images, targets = recipe.mixup(images, targets)
             if cfg.channels_last and device.type == "cuda":

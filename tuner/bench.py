@@ -58,8 +58,12 @@ class Settings:
     train_width: float = 1.0
     train_images: int = 384
     train_batch: int = 64
-    train_rounds: int = 4  # timed epochs of each loop, interleaved, after one warm-up epoch each
-    ray_epochs: int = 4  # epochs of the 1-trial Ray Tune run (the first is warm-up)
+    train_rounds: int = 6  # timed epochs of each loop, interleaved, after one warm-up epoch each
+    ray_epochs: int = 7  # epochs of the 1-trial Ray Tune run (the first is warm-up)
+    small_width: float = 0.25  # the small model: where per-step costs outside the model show (0 rounds: skip)
+    small_images: int = 768
+    small_batch: int = 32
+    small_rounds: int = 4
     # 2. augmentation
     aug_images: int = 8192
     aug_batch: int = 128
@@ -69,9 +73,12 @@ class Settings:
     work_s: float = 0.25  # target duration of the fixed work of one trivial trial (calibrated to an iteration count)
     overhead_train_images: int = 64  # our trainable on tiny data: train images (val: half as many)
     report_calls: int = 10  # tune.report calls timed in the report probe, with and without a checkpoint
+    import_repeats: int = 1  # fresh-process import timings: best of this many (0: not measured)
+    actor_probes: int = 3  # fresh Ray actors timed
     # 4. ASHA vs random
-    asha_trials: int = 12
-    asha_epochs: int = 6
+    asha_trials: int = 16
+    asha_epochs: int = 12
+    asha_train_images: int = 0  # 0: all of digits' training images
     seed_repeats: int = 2  # each winner retrained with this many other seeds, to judge the noise
     # 5. GPU
     gpu_models: tuple[str, ...] = GPU_MODELS
@@ -83,14 +90,17 @@ class Settings:
 
 
 SETTINGS = {
-    "full": Settings("full", train_images=768, train_rounds=6, ray_epochs=6, aug_images=16384, aug_epochs=3,
-                     report_calls=20, asha_trials=32, asha_epochs=12, seed_repeats=3, gpu_images=50_000,
-                     gpu_epochs=4),
+    "full": Settings("full", train_images=768, train_rounds=8, ray_epochs=9, aug_images=16384, aug_epochs=3,
+                     report_calls=20, import_repeats=3, asha_trials=32, asha_epochs=12, seed_repeats=3,
+                     gpu_images=50_000, gpu_epochs=4),
     "quick": Settings("quick"),
     "tiny": Settings("tiny", train_width=0.25, train_images=64, train_batch=32, train_rounds=1, ray_epochs=2,
-                     aug_images=512, aug_batch=64, aug_epochs=1, overhead_trials=4, work_s=0.05,
-                     overhead_train_images=32, report_calls=3, asha_trials=4, asha_epochs=2, seed_repeats=1,
-                     gpu_models=("cnn_basic",), gpu_images=256, gpu_batch=64, gpu_epochs=2, packing=(1, 2)),
+                     small_rounds=0,
+                     aug_images=512, aug_batch=64, aug_epochs=1, overhead_trials=2, work_s=0.05,
+                     overhead_train_images=32, report_calls=2, import_repeats=0, actor_probes=1, asha_trials=3,
+                     asha_epochs=2, asha_train_images=96, seed_repeats=1,
+                     gpu_models=("cnn_basic",), gpu_images=128, gpu_batch=32, gpu_epochs=2, packing=(1, 2),
+                     packing_model="cnn_basic"),
 }
 
 
@@ -228,87 +238,126 @@ def bench_trainable_vs_bare(data, s: Settings, storage: str | None = None) -> di
     ours: trainables.classify.train_epochs (BatchAugment crop+flip+normalise, timm AdamW + per-step cosine
     schedule, loss accumulated on device), driven here without Ray; and, when `storage` is given, the
     images_per_s that a real 1-trial Ray Tune run of train_classifier reports (data via tune.with_parameters,
-    1 CPU, so 1 torch thread, checkpoint every epoch).
+    1 CPU, so 1 torch thread, checkpoint every epoch), against bare epochs run in lockstep with its epochs.
     bare: a for-loop over batches made once beforehand, the same model from trainables.models.create_model
     and the same initial weights, torch.optim.AdamW, cross-entropy, and a per-image random crop (pad 4) and
     flip done simply with slicing. Same images, batch size and torch threads. The two loops alternate epoch
     by epoch (after one warm-up epoch each) and the medians are compared.
+    With `small_rounds`, the same comparison for a small model too, where per-step costs outside the model
+    (augmentation, optimizer bookkeeping) weigh more.
     """
+    from trainables.config import TrialConfig
+
+    def config(width: float, batch: int, rounds: int) -> TrialConfig:
+        return TrialConfig.from_dict({
+            "model": s.train_model, "width": width, "batch_size": batch, "max_epochs": rounds + 1,
+            "val_every": 10_000, "opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "crop_padding": 4,
+            "hflip": True, "seed": 0})
+
+    subset = _subset(data, s.train_images)
+    cfg = config(s.train_width, s.train_batch, s.train_rounds)
+    with torch_threads(s.threads):
+        bare_epoch = _bare_loop(subset, cfg)
+        ours, bare = _interleave(cfg, subset, bare_epoch, s.train_rounds)
+    ratios = [o / b for o, b in zip(ours, bare)]
+    out: dict[str, Any] = {
+        "model": f"{s.train_model} width {s.train_width:g} at 32 px", "images": _whole_batches(subset, cfg),
+        "batch_size": s.train_batch, "torch_threads": s.threads, "timed_epochs": s.train_rounds,
+        "ours_images_per_s": _median(ours), "bare_images_per_s": _median(bare),
+        # the median of the per-epoch ratios: each pairs epochs run back to back, so slow drifts of other load
+        # on the machine cancel out
+        "ratio": _median(ratios),
+        "ratio_min": min(ratios), "ratio_max": max(ratios), "target_ratio": 0.95,
+    }
+    if storage is not None:
+        with torch_threads(s.threads):
+            out.update(_ray_trial_throughput(subset, cfg, s, storage, bare_epoch))
+    out["met"] = out["ratio"] >= 0.95 and out.get("ray_trial_ratio", 1.0) >= 0.95
+    if s.small_rounds:
+        small_cfg = config(s.small_width, s.small_batch, s.small_rounds)
+        small = _subset(data, s.small_images)
+        with torch_threads(s.threads):
+            small_ours, small_bare = _interleave(small_cfg, small, _bare_loop(small, small_cfg), s.small_rounds)
+        out["small_model"] = {
+            "model": f"{s.train_model} width {s.small_width:g} at 32 px", "images": _whole_batches(small, small_cfg),
+            "batch_size": s.small_batch, "timed_epochs": s.small_rounds,
+            "ours_images_per_s": _median(small_ours), "bare_images_per_s": _median(small_bare),
+            "ratio": _median([o / b for o, b in zip(small_ours, small_bare)]),
+        }
+    return out
+
+
+def _whole_batches(subset, cfg) -> int:
+    return len(subset.train_y) // cfg.batch_size * cfg.batch_size
+
+
+def _bare_loop(subset, cfg) -> Callable[[], float]:
+    """One epoch of the bare loop per call (returns its images/s); model and batches made once, here."""
     import torch
     import torch.nn.functional as F
 
-    from trainables.classify import train_epochs
-    from trainables.config import TrialConfig
     from trainables.models import create_model
 
-    subset = _subset(data, s.train_images)
-    rounds = s.train_rounds
-    cfg = TrialConfig.from_dict({
-        "model": s.train_model, "width": s.train_width, "batch_size": s.train_batch, "max_epochs": rounds + 1,
-        "val_every": 10_000, "opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "crop_padding": 4, "hflip": True,
-        "seed": 0})
-    n_batches = len(subset.train_y) // s.train_batch
-    images = n_batches * s.train_batch
+    batch = cfg.batch_size
+    n_batches = len(subset.train_y) // batch
+    images = n_batches * batch
     mean = torch.tensor(subset.mean).view(1, 3, 1, 1)
     std = torch.tensor(subset.std).view(1, 3, 1, 1)
     x_all, y_all = torch.from_numpy(subset.train_x.copy()), torch.from_numpy(subset.train_y.copy())
     perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0))
-    batches = [(x_all[perm[i * s.train_batch:(i + 1) * s.train_batch]], y_all[perm[i * s.train_batch:(i + 1) *
-                                                                                      s.train_batch]])
+    batches = [(x_all[perm[i * batch:(i + 1) * batch]], y_all[perm[i * batch:(i + 1) * batch]])
                for i in range(n_batches)]
+    torch.manual_seed(cfg.seed)  # the same initial weights as train_epochs builds
+    model = create_model(cfg.model, subset.num_classes, image_size=32, width=cfg.width)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(0)
+    size = subset.image_size
 
-    with torch_threads(s.threads):
-        torch.manual_seed(cfg.seed)
-        bare_model = create_model(s.train_model, subset.num_classes, image_size=32, width=s.train_width)
-        optimizer = torch.optim.AdamW(bare_model.parameters(), lr=1e-3, weight_decay=0.05)
-        rng = np.random.default_rng(0)
+    def bare_epoch() -> float:
+        model.train()
+        t0 = time.perf_counter()
+        for x, y in batches:
+            padded = F.pad(x, (4, 4, 4, 4))
+            out = torch.empty_like(x)
+            offsets = rng.integers(0, 9, size=(len(x), 2))
+            flips = rng.random(len(x)) < 0.5
+            for i in range(len(x)):
+                dy, dx = offsets[i]
+                crop = padded[i, :, dy:dy + size, dx:dx + size]
+                out[i] = crop.flip(-1) if flips[i] else crop
+            inputs = (out.float() / 255.0 - mean) / std
+            loss = F.cross_entropy(model(inputs), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return images / (time.perf_counter() - t0)
 
-        def bare_epoch() -> float:
-            bare_model.train()
-            t0 = time.perf_counter()
-            for x, y in batches:
-                padded = F.pad(x, (4, 4, 4, 4))
-                out = torch.empty_like(x)
-                offsets = rng.integers(0, 9, size=(len(x), 2))
-                flips = rng.random(len(x)) < 0.5
-                for i in range(len(x)):
-                    dy, dx = offsets[i]
-                    crop = padded[i, :, dy:dy + 32, dx:dx + 32]
-                    out[i] = crop.flip(-1) if flips[i] else crop
-                inputs = (out.float() / 255.0 - mean) / std
-                loss = F.cross_entropy(bare_model(inputs), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return images / (time.perf_counter() - t0)
-
-        ours_loop = train_epochs(cfg, subset, device=torch.device("cpu"))
-        ours, bare = [], []
-        for r in range(rounds + 1):
-            o = next(ours_loop)[0]["images_per_s"]
-            b = bare_epoch()
-            if r > 0:  # the first epoch of each is warm-up
-                ours.append(o)
-                bare.append(b)
-        for _ in ours_loop:  # finish the generator (last epoch's validation is not timed)
-            pass
-    ratios = [o / b for o, b in zip(ours, bare)]
-    out: dict[str, Any] = {
-        "model": f"{s.train_model} width {s.train_width:g} at 32 px", "images": images, "batch_size": s.train_batch,
-        "torch_threads": s.threads, "timed_epochs": rounds,
-        "ours_images_per_s": _median(ours), "bare_images_per_s": _median(bare),
-        "ratio": _median(ours) / _median(bare),
-        "ratio_min": min(ratios), "ratio_max": max(ratios), "target_ratio": 0.95,
-    }
-    if storage is not None:
-        out.update(_ray_trial_throughput(subset, cfg, s, storage))
-        out["ray_trial_ratio"] = out["ray_trial_images_per_s"] / out["bare_images_per_s"]
-    out["met"] = out["ratio"] >= 0.95 and out.get("ray_trial_ratio", 1.0) >= 0.95
-    return out
+    return bare_epoch
 
 
-def _ray_trial_throughput(subset, cfg, s: Settings, storage: str) -> dict[str, Any]:
-    """A real 1-trial Ray Tune run of train_classifier with the sweep's run_config (checkpoint every epoch)."""
+def _interleave(cfg, subset, bare_epoch: Callable[[], float], rounds: int) -> tuple[list[float], list[float]]:
+    """train_epochs and the bare loop, an epoch of each in turn; the images/s of each after one warm-up epoch."""
+    import torch
+
+    from trainables.classify import train_epochs
+
+    ours_loop = train_epochs(cfg, subset, device=torch.device("cpu"))
+    ours, bare = [], []
+    for r in range(rounds + 1):
+        o = next(ours_loop)[0]["images_per_s"]
+        b = bare_epoch()
+        if r > 0:  # the first epoch of each is warm-up
+            ours.append(o)
+            bare.append(b)
+    for _ in ours_loop:  # finish the generator (the last epoch's validation is not timed)
+        pass
+    return ours, bare
+
+
+def _ray_trial_throughput(subset, cfg, s: Settings, storage: str, bare_epoch: Callable[[], float]) -> dict[str, Any]:
+    """A real 1-trial Ray Tune run of train_classifier with the sweep's run_config (checkpoint every epoch),
+    in lockstep with the bare loop: a bare epoch runs in the driver after each epoch the trial reports, while
+    the trial waits in tune.report (Tune only lets it go on once the driver has processed the result)."""
     from ray import tune
 
     from trainables.classify import train_classifier
@@ -317,17 +366,59 @@ def _ray_trial_throughput(subset, cfg, s: Settings, storage: str) -> dict[str, A
     spec = _spec(storage, "trainable_vs_bare", num_samples=1, max_epochs=s.ray_epochs, sets=[], concurrency=1)
     config = {**cfg.to_dict(), "max_epochs": s.ray_epochs, "val_every": 1}
     trainable = tune.with_resources(tune.with_parameters(train_classifier, data=subset), {"cpu": 1})
+    lockstep = bare_epoch_after_each_result(bare_epoch)
+    cpu0 = time.process_time()
     grid, wall = _fit(trainable, param_space=config,
                       tune_config=tune.TuneConfig(num_samples=1, metric="val_top1", mode="max", reuse_actors=True),
-                      run_config=run_config(spec, []))
-    rows = _history(grid[0])[1:]  # the first epoch is warm-up
-    images = len(subset.train_y) // cfg.batch_size * cfg.batch_size
+                      run_config=run_config(spec, [lockstep]))
+    bare_cpu = sum(lockstep.seconds)  # the bare epochs ran in this process too
+    bare_wall = sum(_whole_batches(subset, cfg) / rate for rate in lockstep.rates)
+    driver_cpu = (time.process_time() - cpu0 - bare_cpu) / max(wall - bare_wall, 1e-9)
+    rows = _history(grid[0])
+    # the first epoch is warm-up; the bare epoch after trial epoch k is rates[k - 1]
+    trial_rates = [r["images_per_s"] for r in rows[1:]]
+    bare_rates = lockstep.rates[1:len(rows)]
+    ratios = [t / b for t, b in zip(trial_rates, bare_rates)]
     return {
-        "ray_trial_images_per_s": _median([r["images_per_s"] for r in rows]),
-        # the same epochs counted end to end: training + validation + checkpoint + tune.report round trip
-        "ray_trial_end_to_end_images_per_s": images * len(rows) / sum(r["time_this_iter_s"] for r in rows),
+        "ray_trial_images_per_s": _median(trial_rates),
+        "ray_trial_bare_images_per_s": _median(bare_rates),
+        "ray_trial_ratio": _median(ratios), "ray_trial_ratio_min": min(ratios), "ray_trial_ratio_max": max(ratios),
+        # the same epochs counted whole: training + validation + checkpoint save + report, as Tune times them
+        # (time_this_iter_s runs from the driver's go-ahead to the next result, so not the bare epochs' wait)
+        "ray_trial_end_to_end_images_per_s": (_whole_batches(subset, cfg) * len(rows[1:]) /
+                                              sum(r["time_this_iter_s"] for r in rows[1:])),
+        # where the rest of an epoch goes: validation (epoch_s less the training time), then the checkpoint save
+        # and tune.report inside the trial (time_this_iter_s less epoch_s)
+        "ray_trial_validation_s": _median([r["epoch_s"] - _whole_batches(subset, cfg) / r["images_per_s"]
+                                           for r in rows[1:]]),
+        "ray_trial_checkpoint_and_report_s": _median([r["time_this_iter_s"] - r["epoch_s"] for r in rows[1:]]),
         "ray_trial_epochs": s.ray_epochs, "ray_trial_wall_s": wall,
+        "ray_driver_cpu_share": driver_cpu,  # cores the Tune driver process kept busy, bare epochs left out
     }
+
+
+def bare_epoch_after_each_result(bare_epoch: Callable[[], float]):
+    """A Tune callback running one bare epoch per trial result, while the trial waits for the driver; its
+    `rates` (images/s) and `seconds` (CPU seconds of this process) per bare epoch. Built here so that importing
+    this module does not import Ray Tune (spawned processes of the GPU measurement import it)."""
+    from ray.tune import Callback
+
+    class BareEpochAfterEachResult(Callback):
+        def __init__(self) -> None:
+            self.bare_epoch: Callable[[], float] | None = bare_epoch
+            self.rates: list[float] = []
+            self.seconds: list[float] = []
+
+        def __getstate__(self) -> dict:
+            return {"bare_epoch": None, "rates": [], "seconds": []}  # Tune pickles callbacks with its state
+
+        def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+            if self.bare_epoch is not None:
+                cpu0 = time.process_time()
+                self.rates.append(self.bare_epoch())
+                self.seconds.append(time.process_time() - cpu0)
+
+    return BareEpochAfterEachResult()
 
 
 # -------------------------------------------------------------------------------- 2. augmentation
@@ -374,11 +465,13 @@ def bench_augment_vs_torchvision(data, s: Settings, workers: int = 1) -> dict[st
             t0 = time.perf_counter()
             order = torch.randperm(n, generator=generator)
             for start in range(0, n - s.aug_batch + 1, s.aug_batch):
-                out = augment(x[order[start:start + s.aug_batch]], generator)
+                out = augment(x.index_select(0, order[start:start + s.aug_batch]), generator)
             assert out.dtype == torch.float32
             return (n // s.aug_batch) * s.aug_batch / (time.perf_counter() - t0)
 
         ours = [ours_epoch() for _ in range(s.aug_epochs + 1)][1:]
+
+        breakdown = _augment_breakdown(x, augment, s.aug_batch)
 
     transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize(tiled.mean, tiled.std)])
@@ -396,7 +489,55 @@ def bench_augment_vs_torchvision(data, s: Settings, workers: int = 1) -> dict[st
         "images": n, "batch_size": s.aug_batch, "torch_threads": s.threads, "dataloader_workers": workers,
         "ours_images_per_s": _median(ours), "torchvision_images_per_s": _median(tv),
         "ratio": _median(ours) / _median(tv), "target_ratio": 10.0, "met": _median(ours) / _median(tv) >= 10.0,
+        "breakdown_us_per_batch": breakdown,
     }
+
+
+def _augment_breakdown(x, augment, batch: int, calls: int = 50) -> dict[str, float]:
+    """Microseconds per batch of each step of BatchAugment's path, median of `calls`."""
+    import torch
+
+    from trainables.augment import random_crop, random_crop_flip, random_hflip
+
+    generator = torch.Generator().manual_seed(1)
+    idx = torch.randperm(len(x), generator=generator)[:batch]
+    images = x[idx]
+    cropped = random_crop(images, augment.crop_padding, generator)
+
+    def us(fn) -> float:
+        fn()
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e6 * _median(times)
+
+    return {
+        "batch_gather_advanced_indexing": us(lambda: x[idx]),  # train_x[idx], as train_epochs gathers a batch
+        "batch_gather_index_select": us(lambda: x.index_select(0, idx)),
+        "random_crop_flip": us(lambda: random_crop_flip(images, augment.crop_padding, True, generator)),
+        # the two steps apart, and the 4-D advanced-indexing crop that the flat gather replaced (for comparison)
+        "random_crop": us(lambda: random_crop(images, augment.crop_padding, generator)),
+        "random_hflip": us(lambda: random_hflip(cropped, generator)),
+        "crop_4d_indexing_before": us(lambda: _crop_4d_indexing(images, augment.crop_padding, generator)),
+        "normalize": us(lambda: augment.normalize(cropped)),
+        "batch_augment_call": us(lambda: augment(images, generator)),
+    }
+
+
+def _crop_4d_indexing(images, padding: int, generator=None):
+    """The random crop as first written (a 4-D advanced-indexing gather): kept to show what the flat gather saves."""
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator)
+    rows = (dy + torch.arange(h))[:, None, :, None]
+    cols = (dx + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(images.shape[1])[None, :, None, None], rows, cols]
 
 
 # --------------------------------------------------------------------------- 3. per-trial overhead
@@ -588,16 +729,17 @@ def overhead_breakdown(s: Settings, storage: str) -> dict[str, Any]:
 
     from tuner.sweep import run_config
 
-    python = _import_time("pass")
-    out: dict[str, Any] = {
-        "python_start_s": python,
-        "import_torch_s": _import_time("import torch") - python,
-        "import_trainable_stack_s": _import_time("import torch, timm, timm.optim, timm.scheduler, timm.loss, "
-                                                 "trainables.classify, ray.tune") - python,
-    }
+    out: dict[str, Any] = {"python_start_s": None, "import_torch_s": None, "import_trainable_stack_s": None}
+    if s.import_repeats:
+        python = _import_time("pass", s.import_repeats)
+        out["python_start_s"] = python
+        out["import_torch_s"] = _import_time("import torch", s.import_repeats) - python
+        out["import_trainable_stack_s"] = _import_time(
+            "import torch, timm, timm.optim, timm.scheduler, timm.loss, trainables.classify, ray.tune",
+            s.import_repeats) - python
     probe = ray.remote(num_cpus=1)(_ProbeActor)
     starts, imports = [], []
-    for _ in range(3):
+    for _ in range(s.actor_probes):
         t0 = time.perf_counter()
         actor = probe.remote()
         ray.get(actor.ping.remote())
@@ -640,7 +782,7 @@ def bench_asha_vs_random(data, s: Settings, storage: str) -> dict[str, Any]:
     from trainables.classify import train_classifier
     from tuner.sweep import run_config, tune_config
 
-    splits = data.without_test()
+    splits = _subset(data, s.asha_train_images) if s.asha_train_images else data.without_test()
     sets = ["model=cnn_basic", "width=0.25"]
     trainable = tune.with_resources(tune.with_parameters(train_classifier, data=splits), {"cpu": 1})
     sweeps = {}
@@ -667,7 +809,8 @@ def bench_asha_vs_random(data, s: Settings, storage: str) -> dict[str, Any]:
 
     n_val = len(splits.val_y)
     out: dict[str, Any] = {
-        "space": "resnet_rsb on digits, model=cnn_basic width=0.25 image_size=16 batch 32",
+        "space": f"resnet_rsb on digits ({len(splits.train_y)} train / {n_val} val images), model=cnn_basic "
+                 f"width=0.25 image_size=16 batch 32",
         "trials": s.asha_trials, "max_epochs": s.asha_epochs, "concurrency": s.concurrency, "val_images": n_val,
         "asha_settings": dataclasses.asdict(sweeps["asha"]["spec"].search_space.asha), "seed_repeats": s.seed_repeats,
     }
@@ -698,9 +841,56 @@ def bench_asha_vs_random(data, s: Settings, storage: str) -> dict[str, Any]:
         out["noise_judged_by"] = f"2 x combined binomial standard error on {n_val} validation images"
     out["noise_pp"] = 2 * noise
     out["difference_within_noise"] = abs(out["best_minus_random_best"]) <= 2 * noise
+    asha_cfg = sweeps["asha"]["spec"].search_space.asha
+    out["expected_epoch_fraction"] = simulate_asha_fraction(s.asha_trials, s.asha_epochs, asha_cfg.grace_period,
+                                                            asha_cfg.reduction_factor, s.concurrency)
     out["target_epoch_fraction"] = 0.4
     out["met"] = out["epoch_fraction"] <= 0.4
     return out
+
+
+def simulate_asha_fraction(trials: int, max_t: int, grace: int, rf: int, concurrency: int, sweeps: int = 300,
+                           seed: int = 0) -> dict[str, float] | str:
+    """Epoch fraction that Ray's own async-ASHA rung logic gives on synthetic sweeps of this size.
+
+    Each trial has a random quality, a rising learning curve and per-epoch noise; `concurrency` trials run at a
+    time with epochs of random length. Tells what fraction this size allows at all (one real sweep varies a lot),
+    e.g. the first trial to reach a rung is never stopped, so few trials leave little to save.
+    """
+    import heapq
+
+    try:
+        from ray.tune.schedulers import TrialScheduler
+        from ray.tune.schedulers.async_hyperband import _Bracket  # private: absent in some Ray version
+    except ImportError:
+        return "not available in this Ray version"
+
+    class _Trial:
+        def __init__(self, i: int) -> None:
+            self.trial_id = str(i)
+
+    rng = np.random.default_rng(seed)
+    fractions = []
+    for _ in range(sweeps):
+        bracket = _Bracket(min_t=grace, max_t=max_t, reduction_factor=rf, s=0, stop_last_trials=True)
+        quality = rng.normal(size=trials)
+        epochs = [0] * trials
+        running = [(rng.uniform(0.9, 1.1), i) for i in range(min(concurrency, trials))]
+        heapq.heapify(running)
+        started = len(running)
+        while running:
+            now, i = heapq.heappop(running)
+            epochs[i] += 1
+            reward = quality[i] + 0.3 * math.log(epochs[i]) + rng.normal(scale=0.1)
+            stop = bracket.on_result(_Trial(i), epochs[i], reward) == TrialScheduler.STOP or epochs[i] >= max_t
+            if not stop:
+                heapq.heappush(running, (now + rng.uniform(0.9, 1.1), i))
+            elif started < trials:
+                heapq.heappush(running, (now + rng.uniform(0.9, 1.1), started))
+                started += 1
+        fractions.append(sum(epochs) / (trials * max_t))
+    return {"mean": float(np.mean(fractions)), "p10": float(np.percentile(fractions, 10)),
+            "p90": float(np.percentile(fractions, 90)), "sweeps": sweeps}
 
 
 def _retrain(config: dict[str, Any], splits, repeats: int) -> list[float]:
@@ -711,7 +901,7 @@ def _retrain(config: dict[str, Any], splits, repeats: int) -> list[float]:
     from trainables.config import TrialConfig
 
     scores = []
-    with torch_threads(max(1, min(2, os.cpu_count() or 1))):
+    with torch_threads(1):  # as in a trial; more threads only fight other load for the cores
         for seed in range(1, repeats + 1):
             cfg = TrialConfig.from_dict({**config, "seed": seed})
             history = [m for m, _ in train_epochs(cfg, splits, device=torch.device("cpu"))]
@@ -755,6 +945,27 @@ def _packing_worker(model: str, s: Settings, device: str, barrier, results) -> N
     results.put(_median(rates))
 
 
+def _collect(results, procs, timeout: float = 600.0) -> list[float]:
+    """One result per process; fails at once when one of them dies instead of waiting out the timeout."""
+    import queue
+
+    got: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(procs):
+        try:
+            got.append(results.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"packed trial process(es) failed (exit codes {dead})" if dead else
+                                   f"packed trials gave no result within {timeout:.0f} s")
+    for p in procs:
+        p.join()
+    return got
+
+
 def bench_gpu(data, s: Settings, device: str | None = None) -> tuple[Any, Any]:
     """Training images/s per model on one GPU, and aggregate images/s of k trials packed on that GPU vs one.
 
@@ -792,10 +1003,7 @@ def bench_gpu(data, s: Settings, device: str | None = None) -> tuple[Any, Any]:
                  for _ in range(k)]
         for p in procs:
             p.start()
-        rates = [results.get(timeout=600) for _ in procs]
-        for p in procs:
-            p.join()
-        aggregate[str(k)] = sum(rates)
+        aggregate[str(k)] = sum(_collect(results, procs))
     packing = {"model": s.packing_model, "batch_size": s.gpu_batch,
                "aggregate_images_per_s": aggregate,
                "speedup": {k: v / aggregate[str(s.packing[0])] for k, v in aggregate.items()}}
@@ -863,7 +1071,8 @@ def print_report(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
     m = result["machine"]
-    console.print(f"[bold]sweeps benchmark[/bold] ({result['settings']['name']})  {m['date']}")
+    console.print(f"[bold]sweeps benchmark[/bold] ({result['settings']['name']})  {m['date']}  load average "
+                  f"{m['load_average_start'][0]:.2f} at start, {m.get('load_average_end', [math.nan])[0]:.2f} at end")
     console.print(f"{m['cpu_model']}, {m['cpu_count']} CPUs ({m['cpus_usable']} usable), "
                   f"{m.get('gpu', 'no GPU')}; Python {m['python']}, torch {m['torch']}, torchvision "
                   f"{m['torchvision']}, timm {m['timm']}, Ray {m['ray']}")
@@ -885,8 +1094,13 @@ def print_report(result: dict[str, Any], console) -> None:
                       f(tb["bare_images_per_s"], ".1f"), f(tb["ratio"], ".3f"), ">= 0.95", met(tb["ratio"] >= 0.95))
         if "ray_trial_images_per_s" in tb:
             table.add_row("trainable_vs_bare: Ray Tune trial vs bare loop, images/s",
-                          f(tb["ray_trial_images_per_s"], ".1f"), f(tb["bare_images_per_s"], ".1f"),
+                          f(tb["ray_trial_images_per_s"], ".1f"), f(tb["ray_trial_bare_images_per_s"], ".1f"),
                           f(tb["ray_trial_ratio"], ".3f"), ">= 0.95", met(tb["ray_trial_ratio"] >= 0.95))
+        if "small_model" in tb:
+            sm = tb["small_model"]
+            table.add_row(f"  (small model: {sm['model']}, batch {sm['batch_size']})",
+                          f(sm["ours_images_per_s"], ".0f"), f(sm["bare_images_per_s"], ".0f"), f(sm["ratio"], ".3f"),
+                          "", "-")
     else:
         table.add_row("trainable_vs_bare", tb, "", "", ">= 0.95", "-")
     av = result["augment_vs_torchvision"]
@@ -931,26 +1145,45 @@ def print_report(result: dict[str, Any], console) -> None:
         console.print(f"trainable_vs_bare: {tb['model']}, {tb['images']} images, batch {tb['batch_size']}, "
                       f"{tb['torch_threads']} torch thread(s), {tb['timed_epochs']} interleaved epochs; per-epoch "
                       f"ratio {tb['ratio_min']:.3f}-{tb['ratio_max']:.3f}"
-                      + (f"; Ray trial end to end (train+val+checkpoint+report) "
-                         f"{tb['ray_trial_end_to_end_images_per_s']:.1f} images/s" if "ray_trial_images_per_s" in tb
-                         else ""))
+                      + (f"; Ray trial: epochs in lockstep with bare epochs, per-epoch ratio "
+                         f"{tb['ray_trial_ratio_min']:.3f}-{tb['ray_trial_ratio_max']:.3f}; counted whole (train + "
+                         f"validation + checkpoint + report) {tb['ray_trial_end_to_end_images_per_s']:.1f} images/s "
+                         f"(validation {tb['ray_trial_validation_s']:.3f} s, checkpoint + report "
+                         f"{tb['ray_trial_checkpoint_and_report_s']:.3f} s per epoch); "
+                         f"Tune driver busy {100 * tb['ray_driver_cpu_share']:.0f} % of a core"
+                         if "ray_trial_images_per_s" in tb else ""))
+    if isinstance(av, dict):
+        b = av["breakdown_us_per_batch"]
+        console.print(f"augment, µs per batch of {av['batch_size']} on {av['torch_threads']} thread(s): BatchAugment "
+                      f"{b['batch_augment_call']:.0f} = random_crop_flip {b['random_crop_flip']:.0f} + normalize "
+                      f"{b['normalize']:.0f} (crop alone {b['random_crop']:.0f}, as a 4-D indexing gather "
+                      f"{b['crop_4d_indexing_before']:.0f}; a separate flip {b['random_hflip']:.0f}); batch gather "
+                      f"index_select {b['batch_gather_index_select']:.0f} vs train_x\\[idx] "
+                      f"{b['batch_gather_advanced_indexing']:.0f}")
     if isinstance(po, dict):
         detail = Table(title=f"Per-trial overhead: {po['trials']} trials, {po['concurrency']} at a time")
         for col in ("sweep", "wall s", "ideal s", "work/trial s", "overhead/trial s", "processes"):
             detail.add_column(col, justify="left" if col == "sweep" else "right")
+        for col in ("first trial starts s", "between trials s"):
+            detail.add_column(col, justify="right")
         for key in ("naive_defaults", "ours_trivial", "ours_trainable"):
             row = po[key]
             detail.add_row(key, f(row["wall_s"], ".1f"), f(row["ideal_s"], ".1f"), f(row["mean_work_s"], ".2f"),
-                           f(row["per_trial_s"], ".2f"), str(row.get("worker_processes", "-")))
+                           f(row["per_trial_s"], ".2f"), str(row.get("worker_processes", "-")),
+                           f(row.get("first_trial_start_s", "-"), ".2f"),
+                           f(row.get("turnaround_same_process_s", "-"), ".3f"))
         console.print(detail)
         b = po["breakdown"]
+        imports = ""
+        if b["import_torch_s"] is not None:
+            imports = (f"python start {b['python_start_s']:.2f} s, import torch {b['import_torch_s']:.2f} s, import "
+                       f"torch+timm+trainables+ray.tune {b['import_trainable_stack_s']:.2f} s (fresh processes), ")
         console.print(
-            f"where it goes: python start {b['python_start_s']:.2f} s, import torch {b['import_torch_s']:.2f} s, "
-            f"import torch+timm+trainables+ray.tune {b['import_trainable_stack_s']:.2f} s, Ray actor start "
-            f"{b['ray_actor_start_s']:.2f} s (+ import torch in it {b['import_torch_in_actor_s']:.2f} s); "
-            f"tune.report {1000 * b['tune_report_s']:.0f} ms, checkpoint save {1000 * b['checkpoint_save_s']:.0f} "
-            f"ms + report with checkpoint {1000 * b['tune_report_with_checkpoint_s']:.0f} ms per epoch; our "
-            f"trainable's setup inside the trial {po['ours_trainable']['in_trial_setup_s']:.2f} s")
+            f"where it goes: {imports}Ray actor start {b['ray_actor_start_s']:.2f} s (+ import torch in it "
+            f"{b['import_torch_in_actor_s']:.2f} s); tune.report {1000 * b['tune_report_s']:.0f} ms, checkpoint "
+            f"save {1000 * b['checkpoint_save_s']:.0f} ms + report with checkpoint "
+            f"{1000 * b['tune_report_with_checkpoint_s']:.0f} ms per epoch; our trainable's setup inside the trial "
+            f"{po['ours_trainable']['in_trial_setup_s']:.2f} s")
     if isinstance(ad, dict):
         detail = Table(title=f"TPE+ASHA vs random: {ad['space']}, {ad['trials']} trials x {ad['max_epochs']} epochs")
         for col in ("search", "epochs", "stopped early", "wall s", "best val top-1", "top-3", "top-3 std",
@@ -965,6 +1198,12 @@ def print_report(result: dict[str, Any], console) -> None:
         console.print(detail)
         console.print(f"noise judged by: {ad['noise_judged_by']} = ±{ad['noise_pp']:.1f} pp; difference of the "
                       f"winners' seed means {ad['winner_seed_mean_difference']:+.1f} pp")
+        sim = ad["expected_epoch_fraction"]
+        if isinstance(sim, dict):
+            console.print(f"Ray's async-ASHA rungs on {sim['sweeps']} synthetic sweeps of this size "
+                          f"(grace {ad['asha_settings']['grace_period']}, reduction "
+                          f"{ad['asha_settings']['reduction_factor']}): epoch fraction {sim['mean']:.2f} on average, "
+                          f"{sim['p10']:.2f}-{sim['p90']:.2f} (10th-90th percentile)")
     console.print(f"total {result['total_wall_s']:.0f} s")
 
 
@@ -986,7 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     result = run(settings, only)
-    print_report(result, Console())
+    print_report(result, Console(width=None if sys.stdout.isatty() else 140))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
