@@ -134,6 +134,9 @@ def _cifar(name: str, root: Path, download: bool) -> tuple:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
+    if (root / folder).is_dir() and not _cifar_intact(cls, root):
+        raise UserError(f"{name} files in {root / folder} are incomplete or corrupt (checksum mismatch); delete that "
+                        f"folder and put a fresh copy there (from {cls.url})")
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
@@ -152,6 +155,13 @@ def _cifar(name: str, root: Path, download: bool) -> tuple:
     to_nchw = lambda d: np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))  # noqa: E731
     return (to_nchw(train), np.asarray(train.targets, dtype=np.int64), to_nchw(test),
             np.asarray(test.targets, dtype=np.int64), list(train.classes))
+
+
+def _cifar_intact(cls, root: Path) -> bool:
+    """torchvision's own md5 check of every batch file, without loading them."""
+    probe = cls.__new__(cls)
+    probe.root = str(root)
+    return probe._check_integrity()
 
 
 def _image_folder(root: Path, size: int) -> tuple:

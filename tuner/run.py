@@ -76,6 +76,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         spec, record = read_spec(Path(args.storage).expanduser().resolve() / args.name)
         if args.space != spec.space:
             raise UserError(f"sweep '{spec.name}' was made with space '{spec.space}', not '{args.space}'")
+        if record.get("completed"):
+            test = record.get("test") or {}
+            console.print(f"sweep {spec.name} is already complete (winner {record.get('winner')}, test top-1 "
+                          f"{test.get('top1', float('nan')):.2f}); nothing to resume. Results: "
+                          f"{spec.sweep_dir / 'trials.parquet'}")
+            return 0
         outcome = run_sweep(spec, resume=True, console=console, parent_run_id=record["parent_run_id"])
     else:
         spec = build_spec(space=args.space, dataset=args.dataset, data_dir=args.data_dir,
@@ -130,8 +136,9 @@ def print_summary(outcome, console: Console, top: int = 5) -> None:
                       f"({outcome.test.images} test images, evaluated once)")
     if outcome.model_uri:
         console.print(f"registered model: {outcome.spec.space}-{outcome.spec.dataset} ({outcome.model_uri})")
-    for kind, count in sorted(outcome.failures.items()):
-        console.print(f"[yellow]{count} trial(s) {kind}[/yellow]: see the 'error' column of the Parquet table")
+    for kind, failed in sorted(outcome.failures.items()):
+        console.print(f"[yellow]{len(failed)} trial(s) {kind}[/yellow] ({', '.join(r['trial_id'] for r in failed)}): "
+                      f"{failed[0]['error']}", highlight=False)
     console.print(f"trials table: {outcome.parquet}")
     console.print(f"MLflow UI:    mlflow ui --backend-store-uri {outcome.tracking_uri}")
 

@@ -169,8 +169,9 @@ def check_storage_writable(spec: SweepSpec) -> None:
     existing = root
     while not existing.exists():
         existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise UserError(f"--storage {spec.storage} is not writable; choose a folder you can write to")
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--storage {spec.storage} is not writable ({existing} is not a writable folder); choose a "
+                        f"folder you can write to")
 
 
 def write_spec(spec: SweepSpec, extra: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from trainables.classify import CHECKPOINT_FILE
+from tuner.results import COMPLETED
 from tuner.spec import SweepSpec, validate_trial_configs
 from tuner.sweep import SweepOutcome, run_sweep, start_ray
 
@@ -54,7 +55,7 @@ def best_per_family(rows: list[dict]) -> dict[str, dict]:
     """The best trial (validation top-1) of each model that left a checkpoint."""
     best: dict[str, dict] = {}
     for row in rows:
-        if row["checkpoint"] and row["status"] in ("finished", "stopped"):
+        if row["checkpoint"] and row["status"] in COMPLETED:
             if row["model"] not in best or row["best_val_top1"] > best[row["model"]]["best_val_top1"]:
                 best[row["model"]] = row
     return best

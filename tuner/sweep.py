@@ -30,11 +30,11 @@ class SweepOutcome:
     winner: dict[str, Any] | None = None
     test: results.TestResult | None = None
     model_uri: str | None = None
-    failures: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # status -> its rows
 
     @property
     def exit_code(self) -> int:
-        return 0 if any(r["status"] in ("finished", "stopped") for r in self.rows) else 1
+        return 0 if any(r["status"] in results.COMPLETED for r in self.rows) else 1
 
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None = None,
@@ -56,7 +56,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
     splits = load_dataset(spec.dataset, spec.data_dir, image_size=spec.search_space.folder_image_size)
     preflight_models(spec, splits)
     client = tracking.connect(spec.mlflow_uri)
-    tracking_uri = _tracking_uri()
+    tracking_uri = tracking.current_uri()
     started_ray = start_ray(spec.address)
     try:
         check_resources(spec)
@@ -92,19 +92,32 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
         # 4. Results: Parquet, the winner (chosen on validation) tested once, MLflow.
         rows = results.trial_rows(grid)
         parquet = results.write_trials(rows, spec.sweep_dir)
+        results.write_epochs(results.epoch_rows(grid), spec.sweep_dir)
         outcome = SweepOutcome(spec, rows, parquet, tracking_uri, parent_run_id)
         for row in rows:
             if row["status"] in ("failed", "diverged"):
-                outcome.failures[row["status"]] = outcome.failures.get(row["status"], 0) + 1
+                outcome.failures.setdefault(row["status"], []).append(row)
         outcome.winner = results.pick_winner(rows)
         if outcome.winner is not None:
             model, outcome.test = results.evaluate_on_test(outcome.winner["checkpoint"], splits)
-            outcome.model_uri = tracking.log_winner(
-                tracking_uri, parent_run_id, outcome.winner["trial_id"], model,
-                {"test_top1": outcome.test.top1, "test_top5": outcome.test.top5, "test_loss": outcome.test.loss},
-                registered_name=f"{spec.space}-{spec.dataset}",
-                input_example=_input_example(splits))
-        tracking.end_parent_run(tracking_uri, parent_run_id, "FINISHED" if outcome.exit_code == 0 else "FAILED")
+        try:  # MLflow may have gone away mid-sweep: the results above are safe on disk either way
+            if callbacks[0].offline:
+                raise ConnectionError("unreachable during the sweep")
+            if outcome.winner is not None:
+                outcome.model_uri = tracking.log_winner(
+                    tracking_uri, parent_run_id, outcome.winner["trial_id"], model,
+                    {"test_top1": outcome.test.top1, "test_top5": outcome.test.top5, "test_loss": outcome.test.loss},
+                    registered_name=f"{spec.space}-{spec.dataset}", input_example=_input_example(splits))
+            tracking.retire_lost_runs(client, parent_run_id, {row["trial_id"] for row in rows})
+            tracking.end_parent_run(tracking_uri, parent_run_id, "FINISHED" if outcome.exit_code == 0 else "FAILED")
+        except Exception as exc:  # noqa: BLE001 - any MLflow/network failure
+            console.print(f"[yellow]MLflow at {tracking_uri} failed ({type(exc).__name__}); everything is in "
+                          f"{spec.sweep_dir}: replay it with python -m tuner.sync {spec.sweep_dir}[/yellow]")
+        # Marked complete last: a sweep killed before this line resumes (and tests its winner) again.
+        write_spec(spec, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "completed": True,
+                          "winner": outcome.winner["trial_id"] if outcome.winner else None,
+                          "model_uri": outcome.model_uri,
+                          "test": vars(outcome.test) if outcome.test is not None else None})
         return outcome
     finally:
         if started_ray:
@@ -162,7 +175,18 @@ def run_config(spec: SweepSpec, callbacks: list):
 
 
 def start_ray(address: str | None) -> bool:
-    """Join `address`, or start a local instance (dashboard on loopback). True if we started it."""
+    """Join `address` (auto, HOST:PORT, ray://HOST:PORT), or start a local instance (dashboard on loopback).
+    True if we started it.
+
+    Joining a cluster started with `ray start`, which uses token authentication by default: when
+    RAY_AUTH_MODE is unset and a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token),
+    the driver sends it, as Ray itself does only for `auto` (a cluster without authentication ignores it).
+    The address must answer within a few seconds (ray.init would retry for minutes), and every failure to
+    join is one UserError line saying what to check.
+    """
+    import socket
+    import time
+
     import ray
 
     if ray.is_initialized():
@@ -172,19 +196,86 @@ def start_ray(address: str | None) -> bool:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
-    if address:
+    if not address:
+        context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
+                           dashboard_port=_free_port(DASHBOARD_HOST, DASHBOARD_PORT), **kwargs)
+        global dashboard_url
+        dashboard_url = context.dashboard_url or ""
+        return True
+
+    def fail(why: str) -> UserError:
+        return UserError(f"cannot join the Ray cluster at --address {address}: {why}")
+
+    # 1. Where to knock: HOST:PORT as given; `auto` as Ray resolves it ($RAY_ADDRESS, else this machine's
+    #    latest `ray start`); ray://HOST:PORT is the head's Ray Client server (`ray start --ray-client-server-port`).
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except ImportError:  # a Ray without this helper: ray.init resolves `auto` itself below
+            target = None
+        except ConnectionError:
+            raise fail("no running Ray cluster found on this machine and RAY_ADDRESS is not set; start one "
+                       "with `ray start --head`, or pass --address HOST:PORT") from None
+    if target:
+        host, sep, port = target.rpartition(":")
+        host = host.strip("[]")  # [::1]:6379
+        if not sep or not host or not port.isdigit():
+            raise fail("expected auto, HOST:PORT or ray://HOST:PORT")
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                pass
+        except OSError as exc:
+            raise fail(f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__}); is "
+                       f"`ray start --head` running there, and is the port open to this machine?") from None
+
+    # 2. Token authentication, as the cluster's nodes have it.
+    from ray.exceptions import AuthenticationError
+
+    token_found = False
+    try:
+        from ray._private.authentication import authentication_token_setup as token_setup
+        from ray._raylet import AuthenticationTokenLoader
+
+        token_found = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+        if token_found and os.environ.get("RAY_AUTH_MODE") is None:
+            quiet = logging.getLogger(token_setup.__name__)
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # Ray's "token authentication is enabled for this cluster" notice
+            try:
+                token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+            finally:
+                quiet.setLevel(level)
+    except ImportError:  # a Ray without token authentication
+        pass
+    except AuthenticationError as exc:  # e.g. RAY_AUTH_TOKEN_PATH names a missing or empty file
+        raise fail(str(exc).split(". ")[0]) from None
+
+    # 3. Join. Ray Client (ray://) starts a server process per driver on the head, which now and then fails
+    #    to come up (ConnectionAbortedError "Initialization failure from server"): one more try.
+    for attempt in (1, 2):
         try:
             ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            raise UserError(f"cannot join the Ray cluster at --address {address} ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); is `ray start --head` running "
-                            f"there?") from None
-        return False
-    context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
-                       dashboard_port=_free_port(DASHBOARD_HOST, DASHBOARD_PORT), **kwargs)
-    global dashboard_url
-    dashboard_url = context.dashboard_url or ""
-    return True
+            break
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError, AuthenticationError) as exc:
+            if attempt == 1 and address.startswith("ray://") and isinstance(exc, ConnectionAbortedError):
+                ray.shutdown()
+                time.sleep(2)
+                continue
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if token_found and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+                source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+                          os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+                hint = (f"this driver sent the token from {source}: is it the head's (`ray get-auth-token` on "
+                        f"the head prints it)? Ray and Python must also be the cluster's versions")
+            else:
+                hint = ("clusters started by `ray start` use token authentication by default: give this driver "
+                        "the head's token with RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN=TOKEN (`ray "
+                        "get-auth-token` on the head prints it), and leave RAY_AUTH_MODE unset or set to token")
+            raise fail(f"{detail}; {hint}") from None
+    return False
 
 
 dashboard_url = ""  # of the Ray instance this process started
@@ -218,12 +309,6 @@ def check_resources(spec: SweepSpec) -> None:
         raise UserError(f"--gpus-per-trial {spec.gpus_per_trial:g} but the largest node has {max_gpus:g} GPU(s)")
     if spec.cpus_per_trial > max_cpus:
         raise UserError(f"--cpus-per-trial {spec.cpus_per_trial:g} but the largest node has {max_cpus:g} CPU(s)")
-
-
-def _tracking_uri() -> str:
-    import mlflow
-
-    return mlflow.get_tracking_uri()
 
 
 def _input_example(splits: ImageSplits) -> np.ndarray:

@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from trainables.config import TrialConfig
 from trainables.errors import UserError
+from tuner.results import MLFLOW_STATUS, trial_status
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,12 @@ class MlflowTrials(Callback):
         self.runs: dict[str, str] = {}  # trial_id -> run_id; kept in Tune's experiment state for --resume
         self.ended: set[str] = set()
         self._client = None
-        self._warned = False
+        self.offline = False
+        self._logged: dict[str, set[int]] = {}  # run_id -> epochs logged (read once per run and driver session)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None}  # Ray pickles callbacks; a live client does not travel
+        # Ray pickles callbacks; a live client does not travel, and MLflow is the truth for what was logged
+        return {**self.__dict__, "_client": None, "_logged": {}}
 
     @property
     def client(self):
@@ -93,65 +96,50 @@ class MlflowTrials(Callback):
         return self._client
 
     def _safely(self, what: str, fn, *args) -> None:
-        """Tracking never takes a sweep down: Ray results and Parquet keep everything (tuner.sync replays)."""
+        """Tracking never takes a sweep down: after the first MLflow failure the sweep goes on offline (each
+        call would otherwise wait out MLflow's retries); Ray results and Parquet keep everything for tuner.sync."""
+        if self.offline:
+            return
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - any MLflow/network failure
-            if not self._warned:
-                log.warning("MLflow %s failed (%s: %s); the sweep goes on, results stay in Ray storage",
-                            what, type(exc).__name__, exc)
-                self._warned = True
+            self.offline = True
+            log.warning("MLflow %s failed (%s); tracking is off for the rest of this sweep, results stay in Ray "
+                        "storage: replay them later with python -m tuner.sync", what, type(exc).__name__)
+
+    def _run_of(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            self.runs[trial.trial_id] = ensure_trial_run(self.client, self.experiment_id, self.parent_run_id,
+                                                         trial.trial_id, trial.config)
+        return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._safely("run start", self._start, trial)
-
-    def _start(self, trial) -> None:
-        from mlflow.entities import Param
-
-        if trial.trial_id in self.runs:
-            return  # a resumed or retried trial keeps its run
-        run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial.trial_id}",
-                                     tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id})
-        self.runs[trial.trial_id] = run.info.run_id
-        config = {k: v for k, v in trial.config.items() if k in TrialConfig.keys()}
-        self.client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in config.items()])
+        self._safely("run start", self._run_of, trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self._safely("metric logging", self._log_result, trial, result)
+        self._safely("metric logging", self._log, trial, result)
 
-    def _log_result(self, trial, result: dict) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            self._start(trial)
-            run_id = self.runs[trial.trial_id]
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, int(result["epoch"])) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+    def _log(self, trial, result: dict) -> None:
+        run_id = self._run_of(trial)
+        if run_id not in self._logged:  # after a resume, epochs logged before the crash may be re-run: skip them
+            self._logged[run_id] = logged_epochs(self.client, run_id)
+        if int(result["epoch"]) not in self._logged[run_id]:
+            log_epoch(self.client, run_id, result)
+            self._logged[run_id].add(int(result["epoch"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        result = trial.last_result or {}
-        if result.get("diverged"):
-            status, reason = "FAILED", "diverged: non-finite training loss"
-        elif result.get("epoch", 0) >= trial.config.get("max_epochs", self.max_epochs):
-            status, reason = "FINISHED", ""
-        else:
-            status, reason = "KILLED", f"stopped early by the scheduler after epoch {result.get('epoch', 0)}"
-        self._safely("run end", self._end, trial, status, reason)
+        self._safely("run end", self._end, trial, False)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        error = trial.error_file or ""
-        self._safely("run end", self._end, trial, "FAILED", f"error: see {error}")
+        self._safely("run end", self._end, trial, True)
 
-    def _end(self, trial, status: str, reason: str) -> None:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None or trial.trial_id in self.ended:
+    def _end(self, trial, errored: bool) -> None:
+        if trial.trial_id in self.ended:
             return
-        if reason:
-            self.client.set_tag(run_id, "end_reason", reason)
-        self.client.set_tag(run_id, "node_id", str((trial.last_result or {}).get("node_id", "")))
-        self.client.set_terminated(run_id, status=status)
+        result = trial.last_result or {}
+        status = trial_status(result, errored=errored, max_epochs=trial.config.get("max_epochs", self.max_epochs))
+        reason = _error_line(trial) if errored else None
+        end_trial_run(self.client, self._run_of(trial), status, result, reason)
         self.ended.add(trial.trial_id)
 
     def get_state(self) -> dict | None:
@@ -160,6 +148,64 @@ class MlflowTrials(Callback):
     def set_state(self, state: dict) -> None:
         self.runs = dict(state.get("runs", {}))
         self.ended = set(state.get("ended", []))
+
+
+def ensure_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str, config: dict) -> str:
+    """The trial's child run: found by its tags if it exists (after a crash or for tuner.sync), else created."""
+    from mlflow.entities import Param
+
+    existing = trial_run_id(client, parent_run_id, trial_id)
+    if existing:
+        return existing
+    run = client.create_run(experiment_id, run_name=f"trial_{trial_id}",
+                            tags={"mlflow.parentRunId": parent_run_id, "trial_id": trial_id})
+    params = {k: v for k, v in config.items() if k in TrialConfig.keys()}
+    client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def logged_epochs(client, run_id: str) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, "train_loss")}
+
+
+def log_epoch(client, run_id: str, result: dict) -> None:
+    from mlflow.entities import Metric
+
+    stamp = int(result.get("timestamp", time.time()) * 1000)
+    metrics = [Metric(k, float(result[k]), stamp, int(result["epoch"])) for k in EPOCH_METRICS
+               if k in result and result[k] is not None]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def end_trial_run(client, run_id: str, status: str, last_result: dict, reason: str | None) -> None:
+    """Close a trial's run: FINISHED, KILLED (stopped by ASHA) or FAILED, with why and where it ran."""
+    if status == "diverged":
+        reason = f"diverged: non-finite training loss at epoch {last_result.get('epoch')}"
+    elif status == "stopped":
+        reason = f"stopped early by the scheduler after epoch {last_result.get('epoch', 0)}"
+    elif status == "early_stopped":
+        reason = f"early stopped (patience) after epoch {last_result.get('epoch')}"
+    client.set_tag(run_id, "outcome", status)
+    if reason:
+        client.set_tag(run_id, "end_reason", reason)
+    client.set_tag(run_id, "node_id", str(last_result.get("node_id", "")))
+    client.set_terminated(run_id, status=MLFLOW_STATUS[status])
+
+
+def retire_lost_runs(client, parent_run_id: str, trial_ids: set[str]) -> int:
+    """Child runs of trials Ray lost in a driver crash (started after its last state save, then re-sampled on
+    resume) are closed and soft-deleted, so MLflow holds exactly one run per trial; `mlflow gc` or the UI's
+    restore can still reach them."""
+    parent = client.get_run(parent_run_id)
+    lost = [r for r in client.search_runs([parent.info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+            if r.data.tags.get("trial_id") not in trial_ids]
+    for run in lost:
+        client.set_tag(run.info.run_id, "end_reason", "lost: started just before a driver crash and not in Ray's "
+                                                      "saved state; its slot was re-sampled on resume")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.delete_run(run.info.run_id)
+    return len(lost)
 
 
 def trial_run_id(client, parent_run_id: str, trial_id: str) -> str | None:
@@ -194,10 +240,26 @@ def log_winner(tracking_uri: str, parent_run_id: str, trial_id: str, model, test
     return info.model_uri
 
 
+def current_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
 def end_parent_run(tracking_uri: str, parent_run_id: str, status: str) -> None:
     import mlflow
 
     mlflow.MlflowClient(tracking_uri).set_terminated(parent_run_id, status=status)
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's traceback (the exception), and where the full one is."""
+    try:
+        with open(trial.error_file) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return f"{lines[-1][:400]} (full traceback: {trial.error_file})"
+    except (OSError, TypeError, IndexError):
+        return f"see {trial.error_file}"
 
 
 def _param_text(value: Any) -> str:
