@@ -23,7 +23,7 @@ def dry_run(spec: SweepSpec, console: Console, samples: int = 3) -> list[dict]:
 
     num_classes, stored_size = KNOWN_SHAPES.get(spec.dataset, FOLDER_SHAPE)
     table = Table(title=f"dry run of {spec.space} on {spec.dataset}: {samples} sampled configs, one CPU step each")
-    for column in ("#", "model", "params (M)", "img", "act. MB/img", f"act. MB/batch", "searched values"):
+    for column in ("#", "model", "params (M)", "img", "act. MB/img", "act. MB/batch", "searched values"):
         table.add_column(column, justify="right" if column != "searched values" else "left")
     searched = spec.searched_keys()
     rows = []

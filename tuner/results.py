@@ -1,10 +1,9 @@
-"""After a sweep: the trials table (Parquet), the winner chosen on validation, and its one test evaluation."""
+"""After a sweep: the trials and epochs tables (Parquet), read back for resumes and grown sweeps."""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from trainables.config import TrialConfig
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
+RESEEDS_FILE = "reseeds.parquet"  # --reseed: the re-trained copies of the top configs
 # per-epoch metrics every trial reports (trainables.classify), one row per (trial_id, epoch) in epochs.parquet
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "epoch_s",
                  "time_total_s")
@@ -100,10 +100,10 @@ def epoch_rows(result_grid) -> list[dict[str, Any]]:
 def write_epochs(rows: list[dict[str, Any]], sweep_dir: Path) -> Path:
     schema = pa.schema([pa.field("trial_id", pa.string()), pa.field("epoch", pa.int64())]
                        + [pa.field(c, pa.float64()) for c in EPOCH_COLUMNS[1:]])
-    return _write_atomic(pa.Table.from_pylist(rows, schema=schema), Path(sweep_dir) / EPOCHS_FILE)
+    return write_atomic(pa.Table.from_pylist(rows, schema=schema), Path(sweep_dir) / EPOCHS_FILE)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> Path:
+def write_atomic(table: pa.Table, path: Path) -> Path:
     """Readers never see half a file: write aside, then rename."""
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
@@ -111,11 +111,20 @@ def _write_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def write_trials(rows: list[dict[str, Any]], sweep_dir: Path) -> Path:
+def read_trials(sweep_dir: Path, file: str = TRIALS_FILE) -> list[dict[str, Any]]:
+    return pq.read_table(Path(sweep_dir) / file).to_pylist()
+
+
+def read_epochs(sweep_dir: Path) -> list[dict[str, Any]]:
+    path = Path(sweep_dir) / EPOCHS_FILE
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+def write_trials(rows: list[dict[str, Any]], sweep_dir: Path, file: str = TRIALS_FILE) -> Path:
     """Write trials.parquet atomically: readers never see half a file."""
     columns = list(BASE_COLUMNS) + list(TrialConfig.keys())
     table = pa.Table.from_pylist(rows, schema=_schema()) if rows else _schema().empty_table()
-    return _write_atomic(table.select(columns), Path(sweep_dir) / TRIALS_FILE)
+    return write_atomic(table.select(columns), Path(sweep_dir) / file)
 
 
 def _schema() -> pa.Schema:
@@ -133,31 +142,6 @@ def pick_winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     candidates = [r for r in rows if r["checkpoint"] and r["status"] in COMPLETED
                   and not math.isnan(r["best_val_top1"])]
     return max(candidates, key=lambda r: r["best_val_top1"], default=None)
-
-
-@dataclass
-class TestResult:
-    top1: float
-    top5: float
-    loss: float
-    images: int
-
-
-def evaluate_on_test(checkpoint_dir: str, splits) -> tuple[Any, TestResult]:
-    """The one pass over the test split, for the winner only."""
-    import torch
-
-    from trainables.augment import BatchAugment
-    from trainables.classify import evaluate, load_checkpoint_model, trial_device
-
-    device = trial_device()
-    model, cfg = load_checkpoint_model(checkpoint_dir, device)
-    test_x = torch.from_numpy(splits.test_x).to(device)
-    test_y = torch.from_numpy(splits.test_y).to(device)
-    # the trial's own evaluation path on the bare net, so test and validation figures are comparable
-    preprocess = BatchAugment(splits.mean, splits.std, image_size=cfg.image_size, device=device)
-    scores = evaluate(model.net, test_x, test_y, preprocess)
-    return model.cpu(), TestResult(scores["top1"], scores["top5"], scores["loss"], len(test_y))
 
 
 def _one_line(error: BaseException) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from rich.console import Console
@@ -24,7 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, help="epochs per trial, the ASHA budget (default: the space's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="pin a trial-config key, e.g. --set lr=3e-3 (repeatable)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; 0.25 packs 4 trials per GPU")
+    p.add_argument("--gpus-per-trial", default="0", metavar="F|auto",
+                   help="GPUs per trial; 0.25 packs 4 trials per GPU; auto measures a training step and packs "
+                        "as many as fit")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--address", help="join a running Ray cluster (auto, HOST:PORT, ray://HOST:PORT)")
@@ -33,6 +34,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="sweep name (default: SPACE-DATASET-TIME)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of the trials")
     p.add_argument("--resume", action="store_true", help="continue the sweep --storage/--name after a crash")
+    p.add_argument("--add-trials", type=int, metavar="N",
+                   help="grow the finished sweep --storage/--name by N trials; the searcher keeps its history")
+    p.add_argument("--warm-start", metavar="SWEEP_DIR",
+                   help="run the best configs of an earlier sweep (its STORAGE/NAME folder) first")
+    p.add_argument("--reseed", type=int, default=0, metavar="K",
+                   help="re-train each model's top configs with K new seeds; pick and report mean ± std")
+    p.add_argument("--reseed-top", type=int, default=3, metavar="N", help="configs per model to re-train (3)")
     p.add_argument("--list-spaces", action="store_true", help="list the search spaces and exit")
     p.add_argument("--dry-run", action="store_true", help="build a few sampled configs and step each once on CPU")
     return p
@@ -68,27 +76,39 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from tuner.spec import build_spec, read_spec
     from tuner.sweep import run_sweep
 
-    if args.resume:
+    if args.resume or args.add_trials is not None:
+        flag = "--resume" if args.resume else "--add-trials"
+        if args.resume and args.add_trials is not None:
+            raise UserError("--resume and --add-trials go one at a time: resume the sweep first, then grow it")
+        if args.add_trials is not None and args.add_trials < 1:
+            raise UserError(f"--add-trials must be a positive integer, got {args.add_trials}")
         if not args.name:
-            raise UserError("--resume needs --name NAME (and the same --storage) of the sweep to continue")
+            raise UserError(f"{flag} needs --name NAME (and the same --storage) of the sweep")
         from pathlib import Path
 
         spec, record = read_spec(Path(args.storage).expanduser().resolve() / args.name)
         if args.space != spec.space:
             raise UserError(f"sweep '{spec.name}' was made with space '{spec.space}', not '{args.space}'")
+        if args.add_trials is not None:
+            if not record.get("completed"):
+                raise UserError(f"sweep '{spec.name}' is not finished; continue it with --resume first")
+            outcome = run_sweep(spec, add_trials=args.add_trials, console=console)
+            print_summary(outcome, console)
+            return outcome.exit_code
         if record.get("completed"):
             test = record.get("test") or {}
             console.print(f"sweep {spec.name} is already complete (winner {record.get('winner')}, test top-1 "
                           f"{test.get('top1', float('nan')):.2f}); nothing to resume. Results: "
                           f"{spec.sweep_dir / 'trials.parquet'}")
             return 0
-        outcome = run_sweep(spec, resume=True, console=console, parent_run_id=record["parent_run_id"])
+        outcome = run_sweep(spec, resume=True, console=console)
     else:
         spec = build_spec(space=args.space, dataset=args.dataset, data_dir=args.data_dir,
                           num_samples=args.num_samples, max_epochs=args.max_epochs, sets=args.set,
                           gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                           max_concurrent=args.max_concurrent, address=args.address, mlflow_uri=args.mlflow_uri,
-                          storage=args.storage, name=args.name, seed=args.seed)
+                          storage=args.storage, name=args.name, seed=args.seed, reseed=args.reseed,
+                          reseed_top=args.reseed_top, warm_start=args.warm_start)
         if args.dry_run:
             from tuner.dryrun import dry_run
 
@@ -130,6 +150,15 @@ def print_summary(outcome, console: Console, top: int = 5) -> None:
         table.add_row(row["trial_id"], row["status"], str(row["epochs"]), f"{row['best_val_top1']:.2f}",
                       f"{row['wall_s']:.0f}", " ".join(f"{k}={_short(row.get(k))}" for k in searched))
     console.print(table)
+    if len(outcome.finals) > 1 or any(f.seeds > 1 for f in outcome.finals):
+        tested = Table(title="tested once: each model's pick by validation")
+        for column in ("model", "trial", "seeds", "val top-1", "test top-1", "test top-5"):
+            tested.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+        for f in outcome.finals:
+            spread = lambda mean, std: f"{mean:.2f} ± {std:.2f}" if f.seeds > 1 else f"{mean:.2f}"  # noqa: E731
+            tested.add_row(f.family, f.trial_id, str(f.seeds), spread(f.val_top1_mean, f.val_top1_std),
+                           spread(f.test_top1_mean, f.test_top1_std), f"{f.test.top5:.2f}")
+        console.print(tested)
     if outcome.test is not None:
         console.print(f"winner {outcome.winner['trial_id']}: val top-1 {outcome.winner['best_val_top1']:.2f}, "
                       f"test top-1 {outcome.test.top1:.2f} / top-5 {outcome.test.top5:.2f} "

@@ -30,12 +30,15 @@ class SweepSpec:
     name: str
     data_dir: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # from --set, already typed
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = 0.0  # or "auto": measured and packed when the sweep starts (tuner.packing)
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     address: str | None = None
     mlflow_uri: str | None = None
     seed: int = 0
+    reseed: int = 0  # re-train each family's top configs with this many new seeds before the test (0: off)
+    reseed_top: int = 3
+    warm_start: str | None = None  # an earlier sweep's folder whose best configs run first
 
     @property
     def sweep_dir(self) -> Path:
@@ -67,9 +70,10 @@ class SweepSpec:
 
 def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None = None,
                num_samples: int | None = None, max_epochs: int | None = None, sets: list[str] = (),
-               gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0, max_concurrent: int | None = None,
+               gpus_per_trial: float | str = 0.0, cpus_per_trial: float = 1.0, max_concurrent: int | None = None,
                address: str | None = None, mlflow_uri: str | None = None, storage: str = "sweeps",
-               name: str | None = None, seed: int = 0) -> SweepSpec:
+               name: str | None = None, seed: int = 0, reseed: int = 0, reseed_top: int = 3,
+               warm_start: str | None = None) -> SweepSpec:
     """Check every user choice and return a spec, or raise UserError naming the first mistake."""
     chosen = get_space(space)
     if chosen is None:
@@ -93,20 +97,41 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         overrides["pretrained"] = str(weights)
     num_samples = chosen.num_samples if num_samples is None else num_samples
     max_epochs = overrides.get("max_epochs", chosen.max_epochs)
+    if reseed < 0 or reseed_top < 1:
+        raise UserError(f"--reseed must be >= 0 and --reseed-top >= 1, got {reseed} and {reseed_top}")
+    if warm_start is not None:
+        warm_start = str(Path(warm_start).expanduser().resolve())
+        if not (Path(warm_start) / "trials.parquet").is_file():
+            raise UserError(f"--warm-start {warm_start}: no trials.parquet there; name a finished sweep's folder "
+                            f"(STORAGE/NAME)")
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent must be a positive integer, got {max_concurrent}")
-    if gpus_per_trial < 0 or cpus_per_trial <= 0:
+    gpus_per_trial = parse_gpus(gpus_per_trial)
+    if (gpus_per_trial != "auto" and gpus_per_trial < 0) or cpus_per_trial <= 0:
         raise UserError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
-    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+    if gpus_per_trial != "auto" and gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
         raise UserError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be a whole number of GPUs")
     spec = SweepSpec(
         space=space, dataset=dataset, num_samples=num_samples, max_epochs=max_epochs,
         storage=_storage_path(storage), name=name or f"{space}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
         overrides=overrides, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
-        max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed)
+        max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed, reseed=reseed,
+        reseed_top=reseed_top, warm_start=warm_start)
     validate_trial_configs(spec)
     return spec
+
+
+def parse_gpus(value: float | str) -> float | str:
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--gpus-per-trial {value!r}: give a number of GPUs (0.25 packs 4 trials per GPU) "
+                            f"or auto") from None
+    return float(value)
 
 
 def parse_sets(sets: list[str]) -> dict[str, Any]:

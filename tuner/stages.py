@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from trainables.classify import CHECKPOINT_FILE
-from tuner.results import COMPLETED
+from tuner.final import best_per_family
 from tuner.spec import SweepSpec, validate_trial_configs
 from tuner.sweep import SweepOutcome, run_sweep, start_ray
 
@@ -28,7 +28,7 @@ def run_stages(spec: SweepSpec, console: Console, dataset_given: bool) -> list[S
         first = run_sweep(spec, console=console)
         outcomes = [first]
         stage2 = spec.search_space.then
-        for family, row in best_per_family(first.rows).items():
+        for family, (row,) in best_per_family(first.rows).items():
             checkpoint = str(Path(row["checkpoint"]) / CHECKPOINT_FILE)
             carried = {k: row[k] for k in ARCHITECTURE_KEYS if row.get(k) is not None}
             next_spec = dataclasses.replace(
@@ -49,13 +49,3 @@ def run_stages(spec: SweepSpec, console: Console, dataset_given: bool) -> list[S
     finally:
         if started:
             ray.shutdown()
-
-
-def best_per_family(rows: list[dict]) -> dict[str, dict]:
-    """The best trial (validation top-1) of each model that left a checkpoint."""
-    best: dict[str, dict] = {}
-    for row in rows:
-        if row["checkpoint"] and row["status"] in COMPLETED:
-            if row["model"] not in best or row["best_val_top1"] > best[row["model"]]["best_val_top1"]:
-                best[row["model"]] = row
-    return best

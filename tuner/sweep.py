@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from rich.console import Console
 
 from trainables.data import ImageSplits, load_dataset
 from trainables.errors import UserError
-from tuner import results, tracking
-from tuner.spec import SweepSpec, check_storage_writable, write_spec
+from tuner import final, results, tracking
+from tuner.spec import SweepSpec, check_storage_writable, read_spec, write_spec
 
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8265
 KEEP_CHECKPOINTS = 2  # per trial, by validation top-1: bounds the sweep folder
+WARM_START_TOP = 5  # --warm-start runs at most this many of the earlier sweep's best configs first
 
 
 @dataclass
@@ -28,8 +30,9 @@ class SweepOutcome:
     tracking_uri: str
     parent_run_id: str
     winner: dict[str, Any] | None = None
-    test: results.TestResult | None = None
+    test: final.TestResult | None = None  # the overall winner's test figures
     model_uri: str | None = None
+    finals: list[final.FamilyResult] = field(default_factory=list)  # each model family's pick, tested once
     failures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # status -> its rows
 
     @property
@@ -37,84 +40,128 @@ class SweepOutcome:
         return 0 if any(r["status"] in results.COMPLETED for r in self.rows) else 1
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None = None,
+def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, console: Console | None = None,
               parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> SweepOutcome:
-    """Run (or resume) a sweep. Every user mistake raises UserError before anything is written."""
+    """Run a sweep, resume it (`resume`), or grow a finished one by `add_trials` trials that keep the searcher's
+    history. Every user mistake raises UserError before anything is written."""
     import ray
     from ray import tune
 
-    from trainables.classify import train_classifier
     from tuner.progress import LiveProgress
 
     console = console or Console()
     # 1. Checks: nothing is written and no run is created until all of these pass.
-    if not resume:
+    record: dict[str, Any] = {}
+    if resume or add_trials:
+        _, record = read_spec(spec.sweep_dir)
+        parent_run_id = record["parent_run_id"]
+    else:
         check_storage_writable(spec)
         if (spec.sweep_dir / "sweep.json").exists():
             raise UserError(f"a sweep named '{spec.name}' already exists in {spec.storage}; pass --resume to "
-                            f"continue it, or choose another --name")
+                            f"continue it, --add-trials N to grow it, or choose another --name")
+    warm_points = warm_start_points(spec) if spec.warm_start and not (resume or add_trials) else []
+    if add_trials and spec.search_space.search == "grid":
+        raise UserError(f"space '{spec.space}' is a grid: every cell has run; --add-trials needs an optuna or "
+                        f"random space")
     splits = load_dataset(spec.dataset, spec.data_dir, image_size=spec.search_space.folder_image_size)
     preflight_models(spec, splits)
     client = tracking.connect(spec.mlflow_uri)
     tracking_uri = tracking.current_uri()
     started_ray = start_ray(spec.address)
     try:
+        if spec.gpus_per_trial == "auto":
+            from tuner.packing import resolve_gpus_per_trial
+
+            spec = dataclasses.replace(spec, gpus_per_trial=resolve_gpus_per_trial(
+                spec, splits.num_classes, splits.image_size, console))
         check_resources(spec)
         console.print(f"[bold]{spec.name}[/bold]: space {spec.space} on {splits.summary()}")
         if dashboard_url:
             console.print(f"Ray dashboard: http://{dashboard_url}   MLflow: {tracking_uri}")
 
-        # 2. The parent run and the sweep's record, for --resume.
+        # 2. The parent run and the sweep's record (for --resume and --add-trials).
         space = spec.search_space
         if parent_run_id is None:
             parent_run_id = tracking.start_parent_run(
                 client, experiment=spec.space, run_name=spec.name,
                 tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(spec.sweep_dir),
-                      **tracking.provenance_tags(), **(extra_tags or {})},
+                      **tracking.provenance_tags(), **(extra_tags or {}),
+                      **({"warm_start": spec.warm_start} if spec.warm_start else {})},
                 params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs, "search": space.search,
-                        "seed": spec.seed, **{f"set.{k}": v for k, v in spec.overrides.items()}})
-            write_spec(spec, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri})
+                        "seed": spec.seed, "reseed": spec.reseed,
+                        **{f"set.{k}": v for k, v in spec.overrides.items()}})
+        record = {**record, "parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "completed": False}
+        rounds = record.setdefault("rounds", [])  # later Tune experiments of this sweep, in sweep_dir/<dir>
+        if add_trials:
+            rounds.append({"dir": f"more-{len(rounds) + 1}", "num_samples": add_trials})
+        write_spec(spec, record)
         experiment_id = client.get_run(parent_run_id).info.experiment_id
-        callbacks = [tracking.MlflowTrials(tracking_uri, experiment_id, parent_run_id, spec.max_epochs),
-                     LiveProgress(console, space.metric, None if space.search == "grid" else spec.num_samples)]
+        tracker = tracking.MlflowTrials(tracking_uri, experiment_id, parent_run_id, spec.max_epochs)
+        if add_trials:
+            tracking.reopen_parent_run(tracker, len(rounds))
+        callbacks = [tracker, LiveProgress(console, space.metric, None if space.search == "grid" else
+                                           (rounds[-1]["num_samples"] if rounds else spec.num_samples))]
 
         # 3. Ray Tune. Data travels once through the object store; trials never re-read files.
-        trainable = tune.with_resources(
-            tune.with_parameters(train_classifier, data=splits.without_test()),
-            {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-        if resume:
-            tuner = tune.Tuner.restore(str(spec.sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        trainable = make_trainable(spec, splits)
+        earlier_rows = results.read_trials(spec.sweep_dir) if rounds else []
+        earlier_epochs = results.read_epochs(spec.sweep_dir) if rounds else []
+        round_path = spec.sweep_dir / rounds[-1]["dir"] if rounds else None
+        if rounds and resume and tune.Tuner.can_restore(str(round_path)):
+            tuner = _restore(str(round_path), trainable)  # a grown sweep's added round, killed midway
+        elif rounds:
+            searcher = grown_searcher(spec, earlier_rows, len(rounds))
+            tuner = _tuner(trainable, spec, rounds[-1]["num_samples"], searcher, callbacks,
+                           storage=str(spec.sweep_dir), name=rounds[-1]["dir"])
+        elif resume:
+            tuner = _restore(str(spec.sweep_dir), trainable)
         else:
-            tuner = tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config(spec),
-                               run_config=run_config(spec, callbacks))
+            tuner = _tuner(trainable, spec, spec.num_samples, make_searcher(spec, warm_points), callbacks,
+                           storage=spec.storage, name=spec.name)
         grid = tuner.fit()
 
-        # 4. Results: Parquet, the winner (chosen on validation) tested once, MLflow.
-        rows = results.trial_rows(grid)
+        # 4. Results: Parquet first (safe on disk whatever happens next), then re-training with new seeds.
+        new_rows = results.trial_rows(grid)
+        new_ids = {row["trial_id"] for row in new_rows}
+        rows = sorted([r for r in earlier_rows if r["trial_id"] not in new_ids] + new_rows,
+                      key=lambda r: r["trial_id"])
         parquet = results.write_trials(rows, spec.sweep_dir)
-        results.write_epochs(results.epoch_rows(grid), spec.sweep_dir)
+        results.write_epochs([e for e in earlier_epochs if e["trial_id"] not in new_ids] +
+                             results.epoch_rows(grid), spec.sweep_dir)
         outcome = SweepOutcome(spec, rows, parquet, tracking_uri, parent_run_id)
         for row in rows:
             if row["status"] in ("failed", "diverged"):
                 outcome.failures.setdefault(row["status"], []).append(row)
-        outcome.winner = results.pick_winner(rows)
-        if outcome.winner is not None:
-            model, outcome.test = results.evaluate_on_test(outcome.winner["checkpoint"], splits)
+        reseeded, reseed_rows = None, []
+        if spec.reseed and any(r["status"] in results.COMPLETED for r in rows):
+            reseed_rows = run_reseeds(spec, rows, trainable, tracking_uri, experiment_id, parent_run_id, console,
+                                      name="reseed" if not rounds else f"reseed-{len(rounds)}")
+            reseeded = final.group_reseeds(rows, reseed_rows)
+
+        # 5. Test once: each model family's pick (chosen on validation) makes one pass over the test split.
+        outcome.finals, models = final.evaluate_families(rows, splits, spec.sweep_dir, reseeded)
+        if outcome.finals:
+            best = max(outcome.finals, key=lambda f: f.val_top1_mean)
+            outcome.winner = next(r for r in rows + reseed_rows if r["trial_id"] == best.trial_id)
+            outcome.test = best.test
         try:  # MLflow may have gone away mid-sweep: the results above are safe on disk either way
-            if callbacks[0].offline:
+            if tracker.offline:
                 raise ConnectionError("unreachable during the sweep")
+            tracking.log_finals(client, parent_run_id, outcome.finals, spec.sweep_dir)
             if outcome.winner is not None:
-                outcome.model_uri = tracking.log_winner(
-                    tracking_uri, parent_run_id, outcome.winner["trial_id"], model,
-                    {"test_top1": outcome.test.top1, "test_top5": outcome.test.top5, "test_loss": outcome.test.loss},
-                    registered_name=f"{spec.space}-{spec.dataset}", input_example=_input_example(splits))
-            tracking.retire_lost_runs(client, parent_run_id, {row["trial_id"] for row in rows})
+                unchanged = record.get("winner") == outcome.winner["trial_id"] and record.get("model_uri")
+                outcome.model_uri = record["model_uri"] if unchanged else tracking.log_winner(
+                    tracking_uri, parent_run_id, outcome.winner["trial_id"], models[outcome.winner["model"]],
+                    outcome.test.metrics(), registered_name=f"{spec.space}-{spec.dataset}",
+                    input_example=_input_example(splits))
+            tracking.retire_lost_runs(client, parent_run_id, {r["trial_id"] for r in rows + reseed_rows})
             tracking.end_parent_run(tracking_uri, parent_run_id, "FINISHED" if outcome.exit_code == 0 else "FAILED")
         except Exception as exc:  # noqa: BLE001 - any MLflow/network failure
             console.print(f"[yellow]MLflow at {tracking_uri} failed ({type(exc).__name__}); everything is in "
                           f"{spec.sweep_dir}: replay it with python -m tuner.sync {spec.sweep_dir}[/yellow]")
-        # Marked complete last: a sweep killed before this line resumes (and tests its winner) again.
-        write_spec(spec, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "completed": True,
+        # Marked complete last: a sweep killed before this line resumes (and tests its picks) again.
+        write_spec(spec, {**record, "completed": True,
                           "winner": outcome.winner["trial_id"] if outcome.winner else None,
                           "model_uri": outcome.model_uri,
                           "test": vars(outcome.test) if outcome.test is not None else None})
@@ -122,6 +169,132 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, console: Console | None 
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def make_trainable(spec: SweepSpec, splits: ImageSplits):
+    from ray import tune
+
+    from trainables.classify import train_classifier
+
+    return tune.with_resources(tune.with_parameters(train_classifier, data=splits.without_test()),
+                               {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+
+
+def _tuner(trainable, spec: SweepSpec, num_samples: int, searcher, callbacks: list, *, storage: str, name: str,
+           param_space: dict | None = None, scheduler=None):
+    from ray import tune
+
+    return tune.Tuner(trainable, param_space=spec.param_space() if param_space is None else param_space,
+                      tune_config=tune_config(spec, num_samples, searcher, scheduler),
+                      run_config=run_config(spec, callbacks, storage=storage, name=name))
+
+
+def _restore(path: str, trainable):
+    from ray import tune
+
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def run_reseeds(spec: SweepSpec, rows: list[dict], trainable, tracking_uri: str, experiment_id: str,
+                parent_run_id: str, console: Console, name: str) -> list[dict[str, Any]]:
+    """Re-train each family's top configs with `spec.reseed` new seeds at the full budget (no early stopping by
+    the scheduler), as one more Tune experiment in sweep_dir/<name>. Configs re-trained in an earlier round of
+    a grown sweep are not re-trained again. Every copy goes to reseeds.parquet."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuner.progress import LiveProgress
+
+    reseeds = spec.sweep_dir / results.RESEEDS_FILE
+    earlier = results.read_trials(spec.sweep_dir, results.RESEEDS_FILE) if reseeds.exists() else []
+    points = final.reseed_points(rows, spec.reseed_top, spec.reseed, spec.seed,
+                                 done=set(final.group_reseeds(rows, [dict(r) for r in earlier])))
+    path = spec.sweep_dir / name
+    if not points and not tune.Tuner.can_restore(str(path)):
+        return earlier
+    console.print(f"re-training the top {spec.reseed_top} config(s) of each model with {spec.reseed} new seed(s): "
+                  f"{len(points)} trials")
+    callbacks = [tracking.MlflowTrials(tracking_uri, experiment_id, parent_run_id, spec.max_epochs,
+                                       tags={"sweep.role": "reseed"}),
+                 LiveProgress(console, spec.search_space.metric, len(points))]
+    if tune.Tuner.can_restore(str(path)):  # resumed after a crash during the re-training
+        tuner = _restore(str(path), trainable)
+    else:
+        tuner = _tuner(trainable, spec, len(points), BasicVariantGenerator(points_to_evaluate=points), callbacks,
+                       storage=str(spec.sweep_dir), name=name, param_space=_space_of(points),
+                       scheduler=FIFOScheduler())
+    fresh = results.trial_rows(tuner.fit())
+    fresh_ids = {r["trial_id"] for r in fresh}
+    reseed_rows = [r for r in earlier if r["trial_id"] not in fresh_ids] + fresh
+    results.write_trials(reseed_rows, spec.sweep_dir, results.RESEEDS_FILE)
+    return reseed_rows
+
+
+def _space_of(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """A param space holding exactly `points`: Tune only runs preset points whose keys and values it contains."""
+    from ray import tune
+
+    values: dict[str, list] = {}
+    for point in points:
+        for key, value in point.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {k: v[0] if len(v) == 1 else tune.choice(v) for k, v in values.items()}
+
+
+def make_searcher(spec: SweepSpec, points: list[dict[str, Any]] = (), rewards: list[float] | None = None,
+                  round_index: int = 0):
+    """Optuna TPE for optuna spaces, Tune's variant generator (grid cells and/or random samples) otherwise.
+
+    `points` run first (a warm start); with `rewards` they are history the searcher learns from without running
+    them (growing a sweep)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = spec.seed + 7919 * round_index  # a grown sweep samples afresh, reproducibly
+    if spec.search_space.search == "optuna":
+        return OptunaSearch(seed=seed, points_to_evaluate=list(points) or None, evaluated_rewards=rewards)
+    return BasicVariantGenerator(random_state=seed, points_to_evaluate=None if rewards else list(points) or None)
+
+
+def grown_searcher(spec: SweepSpec, earlier_rows: list[dict], round_index: int):
+    """The searcher for --add-trials: every earlier trial's config and best validation score as its history."""
+    keys = [k for k in spec.searched_keys() if k != "seed"]
+    scored = [r for r in earlier_rows if r["status"] in results.COMPLETED and r["best_val_top1"] == r["best_val_top1"]]
+    points = [{k: _plain(r[k]) for k in keys} for r in scored]
+    return make_searcher(spec, points, [r["best_val_top1"] for r in scored], round_index)
+
+
+def warm_start_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The best configs of an earlier sweep (--warm-start), limited to this space's searched keys and ranges."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    if spec.search_space.search == "grid":
+        raise UserError(f"space '{spec.space}' is a grid: --warm-start needs an optuna or random space")
+    earlier = results.read_trials(Path(spec.warm_start))  # spec.build_spec checked it is there
+    domains = {k: v for k, v in spec.param_space().items() if isinstance(v, Domain)}
+
+    def fits(key: str, value: Any) -> bool:
+        domain = domains[key]
+        if isinstance(domain, Categorical):
+            return value in domain.categories
+        return value is not None and value == value and domain.lower <= value <= domain.upper
+
+    ranked = sorted((r for r in earlier if r["status"] in results.COMPLETED and r["best_val_top1"] == r["best_val_top1"]),
+                    key=lambda r: -r["best_val_top1"])
+    points = []
+    for row in ranked:
+        point = {k: _plain(row[k]) for k in domains if k in row}
+        if point and all(fits(k, v) for k, v in point.items()) and point not in points:
+            points.append(point)
+    if not points:
+        raise UserError(f"--warm-start {spec.warm_start}: none of its finished trials fits space '{spec.space}'")
+    return points[:max(1, min(WARM_START_TOP, spec.num_samples // 2))]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def preflight_models(spec: SweepSpec, splits: ImageSplits, samples: int = 8) -> None:
@@ -142,33 +315,29 @@ def preflight_models(spec: SweepSpec, splits: ImageSplits, samples: int = 8) -> 
             build_model(cfg, splits.num_classes, torch.device("cpu"), cfg.image_size or splits.image_size)
 
 
-def tune_config(spec: SweepSpec):
+def tune_config(spec: SweepSpec, num_samples: int | None = None, searcher=None, scheduler=None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
 
     space = spec.search_space
-    if space.search == "optuna":
-        search_alg = OptunaSearch(seed=spec.seed)  # TPE; metric and mode come from TuneConfig
-    else:
-        search_alg = BasicVariantGenerator(random_state=spec.seed)  # grid cells and/or random samples
-    scheduler = FIFOScheduler()
-    if space.asha is not None:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs,
-                                  grace_period=min(space.asha.grace_period, spec.max_epochs),
-                                  reduction_factor=space.asha.reduction_factor)
-    return tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=scheduler,
-                           num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
-                           reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
+    if scheduler is None:
+        scheduler = FIFOScheduler()
+        if space.asha is not None:
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs,
+                                      grace_period=min(space.asha.grace_period, spec.max_epochs),
+                                      reduction_factor=space.asha.reduction_factor)
+    return tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher or make_searcher(spec),
+                           scheduler=scheduler, num_samples=spec.num_samples if num_samples is None else num_samples,
+                           max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                           trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 
 
-def run_config(spec: SweepSpec, callbacks: list):
+def run_config(spec: SweepSpec, callbacks: list, *, storage: str | None = None, name: str | None = None):
     from ray import tune
 
     space = spec.search_space
     return tune.RunConfig(
-        name=spec.name, storage_path=spec.storage, callbacks=callbacks, verbose=0,
+        name=name or spec.name, storage_path=storage or spec.storage, callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=space.metric,
                                                 checkpoint_score_order=space.mode),
         failure_config=tune.FailureConfig(max_failures=2))  # transient failures resume from the last checkpoint

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from trainables.errors import UserError
 from tuner import tracking
-from tuner.results import TRIALS_FILE
+from tuner.final import FINAL_FILE, FamilyResult
+from tuner.results import RESEEDS_FILE, TRIALS_FILE
 from tuner.spec import read_spec, write_spec
 
 
@@ -35,17 +36,20 @@ def sync(sweep_dir: Path, mlflow_uri: str | None = None) -> dict[str, int]:
         experiment_id = client.get_run(parent_run_id).info.experiment_id
         write_spec(spec, {**record, "parent_run_id": parent_run_id, "tracking_uri": tracking.current_uri()})
     statuses = {}
-    if (sweep_dir / TRIALS_FILE).exists():
-        statuses = {r["trial_id"]: r for r in pq.read_table(sweep_dir / TRIALS_FILE).to_pylist()}
+    for table in (TRIALS_FILE, RESEEDS_FILE):  # the searched trials, and --reseed's re-trained copies
+        if (sweep_dir / table).exists():
+            statuses.update({r["trial_id"]: r for r in pq.read_table(sweep_dir / table).to_pylist()})
     added = {"runs": 0, "epochs": 0, "closed": 0}
-    for trial_dir in sorted(sweep_dir.glob("trial_*")):
+    # the first round's trials, then those of each --add-trials round (more-N/) and of --reseed (reseed*/)
+    for trial_dir in sorted(sweep_dir.glob("trial_*")) + sorted(sweep_dir.glob("*/trial_*")):
         results = _results(trial_dir)
         if not results or (statuses and results[-1]["trial_id"] not in statuses):
-            continue  # the Parquet table, when written, is the list of the sweep's trials
+            continue  # the Parquet tables, when written, are the list of the sweep's trials
         trial_id = results[-1]["trial_id"]
         had_run = tracking.trial_run_id(client, parent_run_id, trial_id) is not None
         config = json.loads((trial_dir / "params.json").read_text())
-        run_id = tracking.ensure_trial_run(client, experiment_id, parent_run_id, trial_id, config)
+        tags = {"sweep.role": "reseed"} if trial_dir.parent.name.startswith("reseed") else None
+        run_id = tracking.ensure_trial_run(client, experiment_id, parent_run_id, trial_id, config, tags)
         added["runs"] += not had_run
         logged = tracking.logged_epochs(client, run_id)
         for result in results:
@@ -58,8 +62,13 @@ def sync(sweep_dir: Path, mlflow_uri: str | None = None) -> dict[str, int]:
             added["closed"] += 1
     if statuses:
         tracking.retire_lost_runs(client, parent_run_id, set(statuses))
+    parent_metrics = client.get_run(parent_run_id).data.metrics
+    if (sweep_dir / FINAL_FILE).exists():
+        finals = [FamilyResult.from_row(r) for r in pq.read_table(sweep_dir / FINAL_FILE).to_pylist()]
+        if any(f"test_top1.{f.family}" not in parent_metrics for f in finals):
+            tracking.log_finals(client, parent_run_id, finals, sweep_dir)
     test = record.get("test")
-    if test and "test_top1" not in client.get_run(parent_run_id).data.metrics:
+    if test and "test_top1" not in parent_metrics:
         for key in ("top1", "top5", "loss"):
             client.log_metric(parent_run_id, f"test_{key}", test[key])
         if record.get("winner"):

@@ -72,8 +72,10 @@ def provenance_tags() -> dict[str, str]:
 class MlflowTrials(Callback):
     """Mirrors each Ray Tune trial into a child run of the sweep's parent run."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+                 tags: dict[str, str] | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.tags = dict(tags or {})  # on every child run, e.g. sweep.role=reseed
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
@@ -110,7 +112,7 @@ class MlflowTrials(Callback):
     def _run_of(self, trial) -> str:
         if trial.trial_id not in self.runs:
             self.runs[trial.trial_id] = ensure_trial_run(self.client, self.experiment_id, self.parent_run_id,
-                                                         trial.trial_id, trial.config)
+                                                         trial.trial_id, trial.config, self.tags)
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
@@ -150,7 +152,8 @@ class MlflowTrials(Callback):
         self.ended = set(state.get("ended", []))
 
 
-def ensure_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str, config: dict) -> str:
+def ensure_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str, config: dict,
+                     tags: dict[str, str] | None = None) -> str:
     """The trial's child run: found by its tags if it exists (after a crash or for tuner.sync), else created."""
     from mlflow.entities import Param
 
@@ -158,7 +161,7 @@ def ensure_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: s
     if existing:
         return existing
     run = client.create_run(experiment_id, run_name=f"trial_{trial_id}",
-                            tags={"mlflow.parentRunId": parent_run_id, "trial_id": trial_id})
+                            tags={"mlflow.parentRunId": parent_run_id, "trial_id": trial_id, **(tags or {})})
     params = {k: v for k, v in config.items() if k in TrialConfig.keys()}
     client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
     return run.info.run_id
@@ -216,6 +219,40 @@ def trial_run_id(client, parent_run_id: str, trial_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def reopen_parent_run(tracker: MlflowTrials, round_index: int) -> None:
+    """A grown sweep's parent run is RUNNING again while its added trials run."""
+    tracker._safely("parent run update", lambda: (
+        tracker.client.update_run(tracker.parent_run_id, status="RUNNING"),
+        tracker.client.set_tag(tracker.parent_run_id, "rounds", str(round_index + 1))))
+
+
+def log_finals(client, parent_run_id: str, finals: list, sweep_dir: Path) -> None:
+    """Each family's test figures on the parent run (metric suffix: the family) and on the tested trial's run,
+    with its confusion matrix and per-class accuracy; final.parquet on the parent run."""
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    for f in finals:
+        client.log_batch(parent_run_id, metrics=[Metric(f"{k}.{f.family}", v, stamp, 0)
+                                                 for k, v in f.test.metrics().items()])
+        client.log_artifact(parent_run_id, str(Path(sweep_dir) / f.confusion_png), artifact_path="test")
+        run_id = trial_run_id(client, parent_run_id, f.trial_id)
+        if run_id:
+            per_class = [Metric(f"test_top1.class_{i}", v, stamp, 0) for i, v in enumerate(f.test.per_class_top1)]
+            client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in f.test.metrics().items()]
+                             + per_class[:900])  # MLflow takes 1000 metrics per batch
+            client.set_tag(run_id, "sweep.tested", "true")
+            client.log_artifact(run_id, str(Path(sweep_dir) / f.confusion_png), artifact_path="test")
+        if f.seeds > 1:
+            client.log_batch(parent_run_id, metrics=[
+                Metric(f"{k}.{f.family}", v, stamp, 0) for k, v in
+                (("val_top1_mean", f.val_top1_mean), ("val_top1_std", f.val_top1_std),
+                 ("test_top1_mean", f.test_top1_mean), ("test_top1_std", f.test_top1_std))])
+    final_file = Path(sweep_dir) / "final.parquet"
+    if final_file.exists():
+        client.log_artifact(parent_run_id, str(final_file), artifact_path="test")
+
+
 def log_winner(tracking_uri: str, parent_run_id: str, trial_id: str, model, test: dict[str, float],
                registered_name: str, input_example) -> str | None:
     """Winner's test metrics on the parent run and its trial's run; its weights as a registered PyTorch model."""
@@ -233,9 +270,14 @@ def log_winner(tracking_uri: str, parent_run_id: str, trial_id: str, model, test
         for key, value in test.items():
             client.log_metric(winner_run_id, key, value)
     mlflow.set_tracking_uri(tracking_uri)
+    # MLflow 3 saves "pt2" (torch.export) by default: a graph for inputs shaped like input_example (the signature
+    # is inferred from it), without the model's attributes, so what tuner.predict needs travels as metadata
+    metadata = {"input_size": int(input_example.shape[-1]),
+                "classes": [str(c) for c in getattr(model, "classes", [])]}
     with mlflow.start_run(run_id=parent_run_id):
         info = mlflow.pytorch.log_model(
             model, name="model", registered_model_name=registered_name, input_example=input_example,
+            metadata=metadata,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"])
     return info.model_uri
 

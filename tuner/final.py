@@ -1,0 +1,239 @@
+"""After the search: each model family's best trial (by validation, optionally re-trained with new seeds), tested once.
+
+The test split reaches nothing else: one forward pass per tested model, and every test figure (top-1, top-5,
+loss, per-class accuracy, confusion matrix) comes from that pass's logits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tuner.results import COMPLETED, write_atomic
+
+FINAL_FILE = "final.parquet"
+
+
+@dataclass
+class TestResult:
+    """One model's single pass over the test split."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+    per_class_top1: list[float] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # rows: true class, columns: predicted class
+
+    def metrics(self) -> dict[str, float]:
+        return {"test_top1": self.top1, "test_top5": self.top5, "test_loss": self.loss}
+
+
+def best_per_family(rows: list[dict], top: int = 1) -> dict[str, list[dict]]:
+    """The `top` best trials (validation top-1) of each model that left a checkpoint, best first."""
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["checkpoint"] and row["status"] in COMPLETED and not math.isnan(row["best_val_top1"]):
+            families.setdefault(row["model"], []).append(row)
+    return {family: sorted(members, key=lambda r: -r["best_val_top1"])[:top]
+            for family, members in sorted(families.items())}
+
+
+def test_once(checkpoint_dir: str, splits, batch_size: int = 512) -> tuple[Any, TestResult]:
+    """Load a trial checkpoint and make the one pass over the test split; returns the model (on CPU) and figures."""
+    import torch
+
+    from trainables.augment import BatchAugment
+    from trainables.classify import load_checkpoint_model, trial_device
+
+    device = trial_device()
+    model, cfg = load_checkpoint_model(checkpoint_dir, device)
+    # the trial's own evaluation path on the bare net, so test and validation figures are comparable
+    preprocess = BatchAugment(splits.mean, splits.std, image_size=cfg.image_size, device=device)
+    test_x = torch.from_numpy(splits.test_x)
+    with torch.no_grad():
+        logits = torch.cat([model.net(preprocess.normalize(test_x[i:i + batch_size].to(device))).float().cpu()
+                            for i in range(0, len(test_x), batch_size)])
+    return model.cpu(), scores_from_logits(logits, torch.from_numpy(splits.test_y).long(), splits.num_classes)
+
+
+def scores_from_logits(logits, labels, num_classes: int) -> TestResult:
+    import torch
+
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    predicted = top[:, 0]
+    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes)
+    support = confusion.sum(1).clamp(min=1)
+    return TestResult(
+        top1=100.0 * (predicted == labels).float().mean().item(),
+        top5=100.0 * (top == labels[:, None]).any(1).float().mean().item(),
+        loss=loss, images=len(labels),
+        per_class_top1=(100.0 * confusion.diagonal() / support).tolist(),
+        confusion=confusion.tolist())
+
+
+def plot_confusion(test: TestResult, classes: list[str], title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix as a PNG; counts written in the cells while they stay legible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(test.confusion)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    n = len(classes)
+    size = min(4 + 0.45 * n, 16)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+@dataclass
+class FamilyResult:
+    """A family's pick: its trial (or, with --reseed, the re-trained config) and the test figures."""
+
+    family: str
+    trial_id: str  # the tested model's trial (with --reseed: the best-validated of the re-trained ones)
+    checkpoint: str
+    val_top1: float
+    test: TestResult
+    confusion_png: str
+    seeds: int = 1
+    val_top1_mean: float = math.nan
+    val_top1_std: float = math.nan
+    test_top1_mean: float = math.nan
+    test_top1_std: float = math.nan
+    searched_trial_id: str = ""  # the sweep trial whose config this is
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "FamilyResult":
+        """Back from final.parquet (for tuner.sync); the confusion counts stay in their PNG."""
+        test = TestResult(row["test_top1"], row["test_top5"], row["test_loss"], row["test_images"],
+                          list(row["per_class_top1"]))
+        return cls(row["family"], row["trial_id"], row["checkpoint"], row["val_top1"], test, row["confusion_png"],
+                   row["seeds"], row["val_top1_mean"], row["val_top1_std"], row["test_top1_mean"],
+                   row["test_top1_std"], row["searched_trial_id"])
+
+    def row(self, classes: list[str]) -> dict[str, Any]:
+        return {"family": self.family, "trial_id": self.trial_id, "searched_trial_id": self.searched_trial_id,
+                "model": self.family, "checkpoint": self.checkpoint, "val_top1": self.val_top1,
+                "test_top1": self.test.top1, "test_top5": self.test.top5, "test_loss": self.test.loss,
+                "test_images": self.test.images, "per_class_top1": self.test.per_class_top1,
+                "classes": list(classes), "confusion_png": self.confusion_png, "seeds": self.seeds,
+                "val_top1_mean": self.val_top1_mean, "val_top1_std": self.val_top1_std,
+                "test_top1_mean": self.test_top1_mean, "test_top1_std": self.test_top1_std}
+
+
+FINAL_SCHEMA = pa.schema([
+    ("family", pa.string()), ("trial_id", pa.string()), ("searched_trial_id", pa.string()), ("model", pa.string()),
+    ("checkpoint", pa.string()), ("val_top1", pa.float64()), ("test_top1", pa.float64()),
+    ("test_top5", pa.float64()), ("test_loss", pa.float64()), ("test_images", pa.int64()),
+    ("per_class_top1", pa.list_(pa.float64())), ("classes", pa.list_(pa.string())), ("confusion_png", pa.string()),
+    ("seeds", pa.int64()), ("val_top1_mean", pa.float64()), ("val_top1_std", pa.float64()),
+    ("test_top1_mean", pa.float64()), ("test_top1_std", pa.float64())])
+
+
+def evaluate_families(rows: list[dict], splits, sweep_dir: Path,
+                      reseeded: dict[str, list[dict]] | None = None) -> tuple[list[FamilyResult], dict[str, Any]]:
+    """Test each family's pick once; write final.parquet and the confusion PNGs. Returns results and models.
+
+    `reseeded`: searched trial_id -> rows of its re-trained copies. With it, a family's pick is the config with
+    the best mean validation top-1 over its new seeds; each copy is tested once and reported as mean ± std.
+    """
+    finals, models = [], {}
+    for family, leaders in best_per_family(rows, top=len(rows)).items():
+        if reseeded:
+            candidates = [(leader, reseeded.get(leader["trial_id"], [])) for leader in leaders]
+            candidates = [(leader, [r for r in copies if r["checkpoint"] and r["status"] in COMPLETED])
+                          for leader, copies in candidates]
+            candidates = [(leader, copies) for leader, copies in candidates if copies]
+        if reseeded and candidates:
+            leader, copies = max(candidates, key=lambda c: statistics.fmean(r["best_val_top1"] for r in c[1]))
+            tested = [(copy, *test_once(copy["checkpoint"], splits)) for copy in copies]
+            pick, model, test = max(tested, key=lambda t: t[0]["best_val_top1"])
+            vals = [r["best_val_top1"] for r in copies]
+            tests = [t[2].top1 for t in tested]
+            extra = dict(seeds=len(copies), val_top1_mean=statistics.fmean(vals), val_top1_std=_std(vals),
+                         test_top1_mean=statistics.fmean(tests), test_top1_std=_std(tests),
+                         searched_trial_id=leader["trial_id"])
+        else:
+            pick = leaders[0]
+            model, test = test_once(pick["checkpoint"], splits)
+            extra = dict(searched_trial_id=pick["trial_id"], val_top1_mean=pick["best_val_top1"],
+                         test_top1_mean=test.top1)
+        png = f"confusion-{slug(family)}.png"
+        plot_confusion(test, splits.classes, f"{family} (trial {pick['trial_id']}): test top-1 {test.top1:.2f}",
+                       sweep_dir / png)
+        finals.append(FamilyResult(family, pick["trial_id"], pick["checkpoint"], pick["best_val_top1"], test, png,
+                                   **extra))
+        models[family] = model
+    write_atomic(pa.Table.from_pylist([f.row(splits.classes) for f in finals], schema=FINAL_SCHEMA),
+                 sweep_dir / FINAL_FILE)
+    return finals, models
+
+
+def reseed_points(rows: list[dict], top: int, seeds: int, base_seed: int,
+                  done: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Configs to re-train: each family's `top` best trials (but those in `done`), each with `seeds` new seeds."""
+    points = []
+    for leaders in best_per_family(rows, top=top).values():
+        for leader in leaders:
+            if leader["trial_id"] in done:
+                continue
+            config = _config_of(leader)
+            points += [{**config, "seed": base_seed + 1000 * k} for k in range(1, seeds + 1)]
+    return points
+
+
+def group_reseeds(rows: list[dict], reseed_rows: list[dict]) -> dict[str, list[dict]]:
+    """searched trial_id -> the re-trained copies of its config (matched on every config key but the seed)."""
+    by_config = {_config_key(row): row["trial_id"] for row in rows}
+    groups: dict[str, list[dict]] = {}
+    for copy in reseed_rows:
+        origin = by_config.get(_config_key(copy))
+        if origin is not None:
+            copy["reseed_of"] = origin
+            groups.setdefault(origin, []).append(copy)
+    return groups
+
+
+def _config_of(row: dict) -> dict[str, Any]:
+    from trainables.config import TrialConfig
+
+    return {k: row[k] for k in TrialConfig.keys() if row.get(k) is not None}
+
+
+def _config_key(row: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in _config_of(row).items() if k != "seed"))
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
