@@ -26,6 +26,7 @@ from trainables.config import TrialConfig
 from trainables.data import ImageSplits
 from trainables.errors import UserError
 from trainables.models import create_model, freeze_backbone, freeze_backbone_batchnorm, load_pretrained, weights_file
+from trainables.placement import DeviceImages
 from trainables.recipe import create_recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -38,19 +39,57 @@ def train_classifier(config: dict[str, Any], data: ImageSplits) -> None:
 
     cfg = TrialConfig.from_dict(config)
     _set_threads()
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a retried failure, a lost node, or `--resume`
-        with checkpoint.as_directory() as ckpt_dir:
-            resume_from = torch.load(os.path.join(ckpt_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    node_id = _node_id()
+    checkpoint = tune.get_checkpoint()  # a retried failure, a lost node, or `--resume`
+    resume_from = resume_state(checkpoint) if checkpoint is not None else None
+    # which epoch this run of the trial started from (0: scratch): shows in Ray's results whether a restarted
+    # trial continued from its checkpoint
+    extra = {"node_id": _node_id(), "restored_epoch": int(resume_from["epoch"]) if resume_from else 0}
     for metrics, trial_state in train_epochs(cfg, data, resume_from=resume_from):
         if not metrics["validated"]:  # checkpoints are scored by val_top1, so only weights it was measured on
-            tune.report({**metrics, "node_id": node_id})
+            tune.report({**metrics, **extra})
             continue
         with tempfile.TemporaryDirectory() as ckpt_dir:
             save_atomic(trial_state(), os.path.join(ckpt_dir, CHECKPOINT_FILE))
-            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+
+def resume_state(checkpoint) -> dict | None:
+    """The state to continue a trial from: its latest checkpoint, else (torn or truncated file: a disk that
+    filled up, a copy cut short) the newest of its older checkpoints that still loads, else None (the trial
+    starts again from scratch). Each fallback is a warning in the trial's log, never a failed trial."""
+    import io
+
+    from pyarrow import fs as pafs
+
+    def load(path: str) -> dict:
+        with checkpoint.filesystem.open_input_file(f"{path}/{CHECKPOINT_FILE}") as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"model", "recipe", "epoch"} <= state.keys():
+            raise KeyError("model/recipe/epoch")
+        return state
+
+    path = checkpoint.path.rstrip("/")
+    try:
+        return load(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: EOFError, RuntimeError (zip), pickle, OSError
+        warnings.warn(f"checkpoint {path}/{CHECKPOINT_FILE} is unreadable ({type(exc).__name__}: {exc}); "
+                      f"trying this trial's older checkpoints")
+    parent = path.rsplit("/", 1)[0]
+    try:
+        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        infos = []
+    older = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.path.rstrip("/") < path), reverse=True)
+    for candidate in older:
+        try:
+            state = load(candidate)
+        except Exception:  # noqa: BLE001
+            continue
+        warnings.warn(f"trial continues from {candidate} (epoch {state['epoch']}) instead")
+        return state
+    warnings.warn("no readable checkpoint of this trial is left: it starts again from epoch 1")
+    return None
 
 
 def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | None = None,
@@ -61,8 +100,10 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
     """
     device = device or trial_device()
     torch.manual_seed(cfg.seed)
-    train_x, train_y = _to_device(data.train_x, device), _to_device(data.train_y, device)
-    val_x, val_y = _to_device(data.val_x, device), _to_device(data.val_y, device)
+    train_x = DeviceImages(data.train_x, device)  # on the GPU when it fits, else pinned host memory
+    train_y = _to_device(data.train_y, device)
+    val_x = DeviceImages(data.val_x, device).images  # evaluate() moves host-held batches itself
+    val_y = _to_device(data.val_y, device)
 
     image_size = cfg.image_size or data.image_size  # what the model sees
     model = build_model(cfg, data.num_classes, device, image_size, load_weights=resume_from is None)
@@ -98,11 +139,12 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
         if cfg.freeze_backbone:
             freeze_backbone_batchnorm(model)
         order = torch.randperm(len(train_y), device=device, generator=generator)
+        if not train_x.resident:
+            order = order.cpu()  # batches are gathered on the host: one sync per epoch, not per step
         loss_sum = torch.zeros((), device=device)
         for step in range(updates_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            # index_select: a plain row gather, ~2x faster on CPU than advanced indexing (tuner.bench)
-            images, targets = augment(train_x.index_select(0, idx), generator), train_y[idx]
+            images, targets = augment(train_x.batch(idx), generator), train_y[idx.to(device)]
             if recipe.mixup is not None:
                 images, targets = recipe.mixup(images, targets)
             if cfg.channels_last and device.type == "cuda":
@@ -150,7 +192,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augme
     hits = torch.zeros(2, device=images.device)
     k = 5
     for start in range(0, len(labels), batch_size):
-        x, y = augment.normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+        x = augment.normalize(images[start:start + batch_size].to(labels.device, non_blocking=True))
+        y = labels[start:start + batch_size]
         with autocast:
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
@@ -184,16 +227,19 @@ class ImageClassifier(nn.Module):
     """A trained net with its preprocessing: float images in [0, 1] (B, 3, H, W) -> logits.
 
     What gets exported and registered, so a user feeds plain images and gets the trial's behaviour.
+    `input_size`: the side in pixels of the images the net was trained on (after the trial's resize); feeding
+    images of that size skips the resize (tuner.predict resizes to it). None on models pickled before it existed.
     """
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float], image_size: int,
-                 classes: list[str]) -> None:
+                 classes: list[str], input_size: int | None = None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.image_size = image_size
         self.classes = list(classes)
+        self.input_size = input_size or image_size or None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std
@@ -213,7 +259,8 @@ def load_checkpoint_model(path: str, device: torch.device | str = "cpu") -> tupl
         net.load_state_dict(state["model"])
     except (OSError, RuntimeError, KeyError, EOFError) as exc:
         raise UserError(f"checkpoint {file} is unreadable ({type(exc).__name__}); it may be truncated") from None
-    model = ImageClassifier(net, state["mean"], state["std"], cfg.image_size, state["classes"])
+    model = ImageClassifier(net, state["mean"], state["std"], cfg.image_size, state["classes"],
+                            input_size=state.get("image_size"))
     return model.to(device).eval(), cfg
 
 
