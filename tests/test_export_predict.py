@@ -1,0 +1,169 @@
+"""tuner.export and tuner.predict on a real digits sweep: TorchScript and ONNX exports that predict like the
+checkpoint, the benchmark table, everything attached to MLflow; the registered model loaded back and tuner.predict
+agreeing with the checkpoint on test images written as PNG files; one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests._digits_sweep import REGISTERED, digits_sweep, run_module
+from tuner import predict
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, mlflow_server) -> Path:
+    return digits_sweep(tmp_path_factory, mlflow_server)
+
+
+@pytest.fixture(scope="module")
+def record(sweep_dir) -> dict:
+    return json.loads((sweep_dir / "sweep.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(sweep_dir, record):
+    """The winner rebuilt from its checkpoint, as the sweep tested it."""
+    from trainables.classify import load_checkpoint_model
+
+    trials = pq.read_table(sweep_dir / "trials.parquet").to_pandas()
+    checkpoint = trials.loc[trials["trial_id"] == record["winner"], "checkpoint"].iloc[0]
+    model, _ = load_checkpoint_model(checkpoint)
+    return model
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+    """Twelve digits test images as uint8 (N, 3, 32, 32) and as PNG files."""
+    from PIL import Image
+
+    from trainables.data import load_dataset
+
+    images = load_dataset("digits").test_x[:12]
+    folder = tmp_path_factory.mktemp("pngs")
+    files = []
+    for i, image in enumerate(images):
+        files.append(folder / f"digit_{i}.png")
+        Image.fromarray(image.transpose(1, 2, 0)).save(files[-1])
+    return images, files
+
+
+def registered_version(client, parent_run_id: str) -> str:
+    """This sweep's version of the registered model (other tests of the session may register the same name)."""
+    versions = [v for v in client.search_model_versions(f"name='{REGISTERED}'") if v.run_id == parent_run_id]
+    assert len(versions) == 1
+    return versions[0].version
+
+
+@pytest.mark.integration
+def test_export_torchscript_and_onnx_match_eager(sweep_dir, record, reference, mlflow_server, test_images):
+    import mlflow
+    import onnxruntime as ort
+
+    proc = run_module("tuner.export", str(sweep_dir), "--batch", "16", "--iterations", "5", "--budget", "0.3",
+                      cwd=sweep_dir.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "attached to MLflow run" in proc.stdout
+    out = sweep_dir / "export"
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["trial_id"] == record["winner"]
+    size = summary["input"]["shape"][-1]
+    assert size == reference.input_size
+
+    images = torch.from_numpy(test_images[0]).float() / 255
+    batch = predict.resize_to(images, size)
+    with torch.no_grad():
+        eager = reference(images)  # the checkpoint model resizes 32 px itself
+        assert torch.allclose(reference(batch), eager, atol=1e-5)
+    # ONNX through onnxruntime: same logits as eager PyTorch, any batch size
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, len(batch)):
+        logits = session.run(None, {session.get_inputs()[0].name: batch[:n].numpy()})[0]
+        assert np.abs(logits - eager[:n].numpy()).max() < 1e-4
+    assert summary["checks"]["onnx_max_abs_diff"] < 1e-4 and summary["checks"]["onnx_same_top1"] == 1.0
+    # TorchScript
+    scripted = torch.jit.load(str(out / "model.pt"))
+    with torch.no_grad():
+        assert torch.allclose(scripted(batch), eager, atol=1e-5)
+    assert summary["torchscript"]["kind"] in ("script", "trace")
+
+    rows = pq.read_table(out / "inference.parquet").to_pandas()
+    ok = rows[rows["status"] == "ok"]
+    for runtime in ("eager", "torchscript_trace", "onnxruntime"):
+        got = ok[(ok["device"] == "cpu") & (ok["runtime"] == runtime)]
+        assert sorted(got["batch"]) == [1, 16] and (got["latency_ms"] > 0).all() and (got["images_per_s"] > 0).all()
+    compiled = rows[rows["runtime"] == "torch_compile"]
+    assert (compiled["status"] == "skipped").all() and compiled["reason"].str.contains("--compile").all()
+    assert (ok["max_abs_diff"] < 1e-4).all()
+
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    attached = {Path(a.path).name for a in client.list_artifacts(record["parent_run_id"], "export")}
+    assert {"model.pt", "model.onnx", "inference.parquet", "export.json", "inference.png"} <= attached
+    assert "export_onnx_max_abs_diff" in client.get_run(record["parent_run_id"]).data.metrics
+
+
+@pytest.mark.integration
+def test_registered_model_has_signature_and_predicts_like_the_checkpoint(record, reference, mlflow_server,
+                                                                        test_images, tmp_path):
+    import mlflow
+    from mlflow.models import get_model_info
+
+    version = registered_version(mlflow.MlflowClient(mlflow_server.uri), record["parent_run_id"])
+    uri = f"models:/{REGISTERED}/{version}"
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    info = get_model_info(uri)
+    assert info.signature is not None
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
+    assert info.signature.outputs.inputs[0].shape == (-1, 10)
+    assert info.metadata["input_size"] == 32 and info.metadata["classes"] == [str(c) for c in range(10)]
+    model = mlflow.pytorch.load_model(uri)
+
+    images, files = test_images
+    batch = torch.from_numpy(images).float() / 255
+    with torch.no_grad():
+        expected = torch.softmax(reference(batch), dim=1)
+        assert torch.equal(model(batch).argmax(1), expected.argmax(1))
+
+    proc = run_module("tuner.predict", uri, *map(str, files), "--top-k", "3", "--json",
+                      "--mlflow-uri", mlflow_server.uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["input_size"] == 32 and len(result["predictions"]) == len(files)
+    for i, (file, got) in enumerate(zip(files, result["predictions"])):
+        assert got["image"] == str(file) and len(got["top"]) == 3
+        top = expected[i].topk(3)
+        assert [t["index"] for t in got["top"]] == top.indices.tolist()
+        assert [t["probability"] for t in got["top"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+        assert got["top"][0]["class"] == reference.classes[top.indices[0]]
+
+    text = run_module("tuner.predict", uri, str(files[0]), "--mlflow-uri", mlflow_server.uri, cwd=tmp_path)
+    assert text.returncode == 0 and text.stdout.count("%") == 3  # top-3 by default, one line per image
+
+
+@pytest.mark.integration
+def test_predict_errors_are_one_line(record, mlflow_server, test_images, tmp_path, capsys):
+    _, files = test_images
+    (tmp_path / "note.png").write_text("not an image")
+    cases = [
+        (["models:/whatever/1", str(tmp_path / "missing.png")], "does not exist"),
+        (["models:/whatever/1", str(tmp_path / "note.png")], "cannot be read"),
+        (["models:/no-such-model/1", str(files[0]), "--mlflow-uri", mlflow_server.uri], "cannot load model"),
+        ([f"runs:/{'f' * 32}/model", str(files[0]), "--mlflow-uri", mlflow_server.uri], "cannot load model"),
+    ]
+    for args, says in cases:
+        assert predict.main(args) == 2
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and out[0].startswith("error: ") and says in out[0], out
+
+
+def test_export_bad_input_is_one_line(tmp_path, capsys):
+    from tuner import export
+
+    assert export.main([str(tmp_path / "nope")]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error: ") and "does not exist" in out[0]
