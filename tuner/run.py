@@ -94,6 +94,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                 raise UserError(f"sweep '{spec.name}' is not finished; continue it with --resume first")
             outcome = run_sweep(spec, add_trials=args.add_trials, console=console)
             print_summary(outcome, console)
+            write_report(outcome, console)
             return outcome.exit_code
         if record.get("completed"):
             test = record.get("test") or {}
@@ -120,10 +121,28 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             outcomes = run_stages(spec, console, dataset_given=args.dataset is not None)
             for outcome in outcomes:
                 print_summary(outcome, console)
+                write_report(outcome, console)
             return max(outcome.exit_code for outcome in outcomes)
         outcome = run_sweep(spec, console=console)
     print_summary(outcome, console)
+    write_report(outcome, console)
     return outcome.exit_code
+
+
+def write_report(outcome, console: Console) -> None:
+    """The sweep's report, written and attached to its parent run; a report problem never fails the sweep."""
+    from tuner.report import REPORT_DIR, attach, build_report, load_sweep
+
+    try:
+        sweep = load_sweep(outcome.spec.sweep_dir)
+        report = build_report(sweep)
+        warning = attach(sweep, [f.file for f in report.figures] + [report.html, report.markdown], REPORT_DIR)
+    except Exception as exc:  # noqa: BLE001 - the results are safe; the report can be made again later
+        console.print(f"[yellow]report not written ({type(exc).__name__}: {str(exc)[:200]}); make it with "
+                      f"python -m tuner.report {outcome.spec.sweep_dir}[/yellow]", highlight=False)
+        return
+    console.print(f"report:       {report.html}" + (f" (not attached to MLflow: {warning})" if warning else ""),
+                  highlight=False, soft_wrap=True)
 
 
 def print_spaces(console: Console) -> None:
