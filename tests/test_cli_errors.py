@@ -28,6 +28,15 @@ def run_main(capsys, tmp_path, *args):
     (["--space", "resnet_rsb", "--resume"], "--resume needs --name"),
     (["--space", "resnet_rsb", "--resume", "--name", "never-ran"], "no sweep to resume"),
     ([], "name a search space with --space NAME"),
+    (["--space", "resnet_rsb", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),
+    (["--space", "resnet_rsb", "--set", "batch_size=1.5"], "config key 'batch_size' needs an int, got '1.5'"),
+    (["--space", "resnet_rsb", "--set", "hflip=maybe"], "config key 'hflip' needs a bool, got 'maybe'"),
+    (["--space", "resnet_rsb", "--set", "lr=100"], "config key 'lr' got 100.0; it must lie in [1e-08, 10.0]"),
+    (["--space", "resnet_rsb", "--set", "lr"], "--set 'lr': write KEY=VALUE"),
+    (["--space", "resnet_rsb", "--max-concurrent", "0"], "--max-concurrent must be a positive integer"),
+    (["--space", "resnet_rsb", "--cpus-per-trial", "0"], "--cpus-per-trial > 0"),
+    (["--space", "resnet_rsb", "--gpus-per-trial", "lots"], "--gpus-per-trial 'lots': give a number of GPUs"),
+    (["--space", "resnet_rsb", "--set", "pretrained=/nonexistent/w.pt"], "pretrained=/nonexistent/w.pt: no such file"),
 ])
 def test_one_line_and_nothing_written(capsys, tmp_path, args, needle):
     code, text, storage = run_main(capsys, tmp_path, *args)

@@ -21,7 +21,7 @@ def test_parse_value_types(key, text, expected):
 
 
 @pytest.mark.parametrize("key,text,needle", [
-    ("lr", "fast", "needs a float"), ("batch_size", "6.5", "needs a int"), ("hflip", "maybe", "needs a bool"),
+    ("lr", "fast", "needs a float"), ("batch_size", "6.5", "needs an int"), ("hflip", "maybe", "needs a bool"),
     ("opt", "adam", "allowed values: sgd, adamw, lamb"), ("lr", "-1", "must lie in"), ("lr", "nan", "needs a float"),
     ("label_smoothing", "0.9", "must lie in [0.0, 0.5]"),
 ])

@@ -42,7 +42,7 @@ def test_sampled_configs_are_valid_trial_configs():
     ({"max_epochs": -2}, "--max-epochs must be a positive integer"),
     ({"sets": ["lr"]}, "write KEY=VALUE"),
     ({"sets": ["lrr=0.1"]}, "unknown config key 'lrr'"),
-    ({"sets": ["batch_size=big"]}, "config key 'batch_size' needs a int"),
+    ({"sets": ["batch_size=big"]}, "config key 'batch_size' needs an int"),
     ({"gpus_per_trial": 1.5}, "whole number of GPUs"),
     ({"max_concurrent": 0}, "--max-concurrent must be a positive integer"),
 ])

@@ -148,7 +148,8 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         else:
             value = str(value)
     except (TypeError, ValueError):
-        raise UserError(f"config key '{f.name}' needs a {kind.__name__}, got {value!r} ({meta['help']})") from None
+        article = "an" if kind is int else "a"
+        raise UserError(f"config key '{f.name}' needs {article} {kind.__name__}, got {value!r} ({meta['help']})") from None
     if meta["choices"] is not None and value not in meta["choices"]:
         raise UserError(f"config key '{f.name}' got {value!r}; allowed values: {', '.join(meta['choices'])}")
     low, high = meta["min"], meta["max"]

@@ -334,7 +334,9 @@ def _load_failure(file: str, error: BaseException) -> str:
             return (f"it holds pickled objects ({', '.join(unsafe[:3])}) that weights-only loading refuses; "
                     f"save model.state_dict() instead")
         return "not a PyTorch (torch.save) or safetensors weights file"
-    return _one_line(error)
+    if isinstance(error, PermissionError):
+        return _one_line(error)
+    return f"not a PyTorch (torch.save) or safetensors weights file, or a truncated one ({_one_line(error)})"
 
 
 def _one_line(error: BaseException) -> str:

@@ -366,8 +366,18 @@ def start_ray(address: str | None) -> bool:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
     if not address:
-        context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
-                           dashboard_port=_free_port(DASHBOARD_HOST, DASHBOARD_PORT), **kwargs)
+        port = _free_port(DASHBOARD_HOST, DASHBOARD_PORT)
+        for attempt in (1, 2, 3):
+            try:
+                context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST, dashboard_port=port,
+                                   **kwargs)
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when the dashboard cannot bind
+                # another Ray on this machine took the free port between our probe and the dashboard's bind
+                if attempt == 3 or "address already in use" not in str(exc):
+                    raise
+                ray.shutdown()
+                port = _free_port(DASHBOARD_HOST, 0)
         global dashboard_url
         dashboard_url = context.dashboard_url or ""
         return True
