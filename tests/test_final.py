@@ -59,6 +59,20 @@ def test_test_once_makes_exactly_one_pass(digits, tmp_path, monkeypatch):
     assert sum(map(sum, result.confusion)) == len(digits.test_y)
 
 
+def test_a_truncated_best_checkpoint_gives_way_to_the_next_best(digits, tmp_path):
+    _, state = next(train_epochs(TrialConfig.from_dict(FAST), digits.without_test()))
+    for name in ("best", "second"):
+        (tmp_path / name).mkdir()
+        save_atomic(state(), str(tmp_path / name / CHECKPOINT_FILE))
+    file = tmp_path / "best" / CHECKPOINT_FILE
+    file.write_bytes(file.read_bytes()[:1000])  # torn by a crash
+    rows = [{**row("best", "cnn_basic", 90.0), "checkpoint": str(tmp_path / "best")},
+            {**row("second", "cnn_basic", 80.0), "checkpoint": str(tmp_path / "second")}]
+    (pick,), models = final.evaluate_families(rows, digits, tmp_path)
+    assert pick.trial_id == "second" and pick.test.images == len(digits.test_y) and set(models) == {"cnn_basic"}
+    assert pq.read_table(tmp_path / final.FINAL_FILE).column("trial_id").to_pylist() == ["second"]
+
+
 def row(trial_id, model, val, status="finished", **config):
     return {"trial_id": trial_id, "model": model, "best_val_top1": val, "status": status, "checkpoint": "/ckpt",
             "lr": config.get("lr", 0.1), "seed": 0}

@@ -6,6 +6,7 @@ loss, per-class accuracy, confusion matrix) comes from that pass's logits.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import statistics
@@ -17,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from tuner.results import COMPLETED, write_atomic
+
+log = logging.getLogger(__name__)
 
 FINAL_FILE = "final.parquet"
 
@@ -177,7 +180,9 @@ def evaluate_families(rows: list[dict], splits, sweep_dir: Path,
             candidates = [(leader, copies) for leader, copies in candidates if copies]
         if reseeded and candidates:
             leader, copies = max(candidates, key=lambda c: statistics.fmean(r["best_val_top1"] for r in c[1]))
-            tested = [(copy, *test_once(copy["checkpoint"], splits)) for copy in copies]
+            tested = [(copy, *loaded) for copy in copies if (loaded := _test_readable(copy, splits)) is not None]
+            if not tested:
+                continue
             pick, model, test = max(tested, key=lambda t: t[0]["best_val_top1"])
             vals = [r["best_val_top1"] for r in copies]
             tests = [t[2].top1 for t in tested]
@@ -185,8 +190,12 @@ def evaluate_families(rows: list[dict], splits, sweep_dir: Path,
                          test_top1_mean=statistics.fmean(tests), test_top1_std=_std(tests),
                          searched_trial_id=leader["trial_id"])
         else:
-            pick = leaders[0]
-            model, test = test_once(pick["checkpoint"], splits)
+            # the best trial whose checkpoint loads (one may be truncated by a crash; its run-ups stand in)
+            found = next(((leader, loaded) for leader in leaders
+                          if (loaded := _test_readable(leader, splits)) is not None), None)
+            if found is None:
+                continue
+            pick, (model, test) = found
             extra = dict(searched_trial_id=pick["trial_id"], val_top1_mean=pick["best_val_top1"],
                          test_top1_mean=test.top1)
         png = f"confusion-{slug(family)}.png"
@@ -233,6 +242,17 @@ def _config_of(row: dict) -> dict[str, Any]:
 
 def _config_key(row: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in _config_of(row).items() if k != "seed"))
+
+
+def _test_readable(row: dict, splits) -> tuple[Any, TestResult] | None:
+    """test_once, or None (with a warning) when the trial's checkpoint cannot be read."""
+    from trainables.errors import UserError
+
+    try:
+        return test_once(row["checkpoint"], splits)
+    except UserError as exc:
+        log.warning("trial %s is skipped for the test: %s", row["trial_id"], exc)
+        return None
 
 
 def _std(values: list[float]) -> float:

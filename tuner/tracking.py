@@ -29,6 +29,7 @@ def connect(uri: str | None) -> "mlflow.MlflowClient":  # noqa: F821
 
     if uri:
         mlflow.set_tracking_uri(uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. a new SQLite store's table-creation lines
     client = mlflow.MlflowClient()
     try:
         client.search_experiments(max_results=1)
