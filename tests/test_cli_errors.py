@@ -27,6 +27,7 @@ def run_main(capsys, tmp_path, *args):
     (["--space", "resnet_rsb", "--dataset", "folder"], "dataset 'folder' needs --data-dir PATH"),
     (["--space", "resnet_rsb", "--resume"], "--resume needs --name"),
     (["--space", "resnet_rsb", "--resume", "--name", "never-ran"], "no sweep to resume"),
+    (["--space", "resnet_rsb", "--storage", "s3://bucket/sweeps"], "object-store URIs are not supported"),
     ([], "name a search space with --space NAME"),
     (["--space", "resnet_rsb", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),
     (["--space", "resnet_rsb", "--set", "batch_size=1.5"], "config key 'batch_size' needs an int, got '1.5'"),

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--address", help="join a running Ray cluster (auto, HOST:PORT, ray://HOST:PORT)")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--storage", default="sweeps", help="folder (or URI) for sweep results (default ./sweeps)")
+    p.add_argument("--storage", default="sweeps", help="folder for sweep results, shared by every node on a cluster (default ./sweeps)")
     p.add_argument("--name", help="sweep name (default: SPACE-DATASET-TIME)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of the trials")
     p.add_argument("--resume", action="store_true", help="continue the sweep --storage/--name after a crash")

@@ -182,14 +182,15 @@ def _plain(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _storage_path(storage: str) -> str:
-    if "://" in storage:  # s3://, gs://: Ray's storage layer handles it
-        return storage
+    if "://" in storage:
+        # Ray could write trials to an object store, but sweep.json, the Parquet tables and --resume need a
+        # file system path that the driver and every node share.
+        raise UserError(f"--storage {storage}: object-store URIs are not supported; use a folder on a file system "
+                        f"every node mounts at the same path (NFS, Lustre, a ReadWriteMany volume)")
     return str(Path(storage).expanduser().resolve())
 
 
 def check_storage_writable(spec: SweepSpec) -> None:
-    if "://" in spec.storage:
-        return
     root = Path(spec.storage)
     existing = root
     while not existing.exists():
