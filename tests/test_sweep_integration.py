@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import MlflowServer, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +18,18 @@ def child_runs(client, parent):
                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
-def test_quickstart_sweep_tracked_in_mlflow_server(tmp_path, mlflow_server):
+@pytest.fixture
+def own_mlflow_server(tmp_path):
+    """A server of this test's own: it counts parents, runs and registered versions from a clean store."""
+    server = MlflowServer(tmp_path / "mlflow-server").start()
+    yield server
+    server.stop()
+
+
+def test_quickstart_sweep_tracked_in_mlflow_server(tmp_path, own_mlflow_server):
     import mlflow
+
+    mlflow_server = own_mlflow_server
 
     proc = run_cli("--space", "resnet_rsb", "--dataset", "digits", "--num-samples", "4", "--max-epochs", "2",
                    "--storage", str(tmp_path / "sweeps"), "--name", "quick", "--mlflow-uri", mlflow_server.uri,

@@ -77,8 +77,8 @@ def scores_from_logits(logits, labels, num_classes: int) -> TestResult:
     confusion = confusion.view(num_classes, num_classes)
     support = confusion.sum(1).clamp(min=1)
     return TestResult(
-        top1=100.0 * (predicted == labels).float().mean().item(),
-        top5=100.0 * (top == labels[:, None]).any(1).float().mean().item(),
+        top1=100.0 * (predicted == labels).sum().item() / len(labels),  # exact counts, no float32 rounding
+        top5=100.0 * (top == labels[:, None]).any(1).sum().item() / len(labels),
         loss=loss, images=len(labels),
         per_class_top1=(100.0 * confusion.diagonal() / support).tolist(),
         confusion=confusion.tolist())
