@@ -4,8 +4,10 @@ checkpoint on --resume is a sweep that carries on (test_corrupt_checkpoint_on_re
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -307,6 +309,12 @@ def test_corrupt_checkpoint_on_resume_falls_back(tmp_path):
     for folder in checkpoints[1:]:
         file = folder / "checkpoint.pt"
         file.write_bytes(file.read_bytes()[:4096])  # torn: the zip's central directory is gone
+    # and the checkpoint Ray's saved state names is gone too, as when Ray deleted it just before the kill
+    state = json.loads(sorted(sweep.glob("experiment_state-*.json"))[-1].read_text())
+    named = {json.loads(t)["trial_id"]: json.loads(r)["last_result"].get("checkpoint_dir_name")
+             for t, r in state["trial_data"]}[hopeless.name.removeprefix("trial_")]
+    if named and named != checkpoints[0].name:
+        shutil.rmtree(hopeless / named, ignore_errors=True)
 
     resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -315,8 +323,6 @@ def test_corrupt_checkpoint_on_resume_falls_back(tmp_path):
         {lr: (r["status"], r["epochs"], r["error"]) for lr, r in rows.items()}
     assert rows[0.05]["best_val_top1"] > rows[1e-8]["best_val_top1"]  # the winner is the undamaged trial
     # Ray's result log of the damaged trial: after the resume it went on from the one checkpoint left whole
-    import json
-
     results = [json.loads(line) for line in (hopeless / "result.json").read_text().splitlines() if line.strip()]
     assert results[-1]["restored_epoch"] == kept_epoch and results[-1]["epoch"] == 12, results[-1]
     # it had newer checkpoints than the one it went on from, all torn (Ray's result.json may lag them, so the
@@ -332,3 +338,26 @@ def test_corrupt_checkpoint_on_resume_falls_back(tmp_path):
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")]
         assert sorted(steps) == list(range(1, 13))  # every epoch once, none logged twice
+
+
+def test_a_deleted_latest_checkpoint_is_put_back_before_resume(tmp_path):
+    """Ray's saved state may name a checkpoint Ray deleted just before the driver died; the resume puts the
+    trial's newest older checkpoint in its place (or an empty folder: the trial starts again)."""
+    from tuner.sweep import restore_deleted_latest_checkpoints
+
+    def trial(trial_id, latest):
+        return [json.dumps({"trial_id": trial_id}), json.dumps({"last_result": {"checkpoint_dir_name": latest}})]
+
+    (tmp_path / "experiment_state-2026.json").write_text(json.dumps({"trial_data": [
+        trial("a", "checkpoint_000004"), trial("b", "checkpoint_000002"), trial("c", "checkpoint_000001")]}))
+    for name, content in (("trial_a/checkpoint_000001", b"one"), ("trial_a/checkpoint_000003", b"three"),
+                          ("trial_a/checkpoint_000006", b"six"), ("trial_c/checkpoint_000001", b"kept")):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "checkpoint.pt").write_bytes(content)
+    (tmp_path / "trial_b").mkdir()
+    restored = restore_deleted_latest_checkpoints(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in restored) == ["trial_a/checkpoint_000004",
+                                                                            "trial_b/checkpoint_000002"]
+    assert (tmp_path / "trial_a/checkpoint_000004/checkpoint.pt").read_bytes() == b"three"  # newest older one
+    assert list((tmp_path / "trial_b/checkpoint_000002").iterdir()) == []  # nothing older: starts again
+    assert (tmp_path / "trial_c/checkpoint_000001/checkpoint.pt").read_bytes() == b"kept"

@@ -192,7 +192,43 @@ def _tuner(trainable, spec: SweepSpec, num_samples: int, searcher, callbacks: li
 def _restore(path: str, trainable):
     from ray import tune
 
+    restore_deleted_latest_checkpoints(Path(path))
     return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def restore_deleted_latest_checkpoints(experiment_dir: Path) -> list[Path]:
+    """Ray deletes a trial's previous checkpoint (when it is not among the best kept) as soon as a new one is
+    reported, but saves its experiment state only every few seconds. A driver killed in between leaves a state
+    naming a deleted checkpoint, and Ray then fails that trial on resume ("does not exist on storage anymore").
+    Put the trial's newest older checkpoint in its place (the trainable reads the epoch from the file, so the
+    trial goes on from there); with none left, an empty folder, from which the trial starts again."""
+    import json
+    import shutil
+
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+    except (OSError, ValueError, KeyError):
+        return []  # Ray reports an unreadable state itself
+    restored = []
+    for trial_json, runtime_json in trial_data:
+        try:
+            trial_id = json.loads(trial_json)["trial_id"]
+            name = (json.loads(runtime_json).get("last_result") or {}).get("checkpoint_dir_name")
+        except (ValueError, KeyError, TypeError):
+            continue
+        trial_dir = experiment_dir / f"trial_{trial_id}"
+        if not name or not trial_dir.is_dir() or (trial_dir / name).exists():
+            continue
+        older = sorted(p for p in trial_dir.glob("checkpoint_*") if p.name < name)
+        if older:
+            shutil.copytree(older[-1], trial_dir / name)
+        else:
+            (trial_dir / name).mkdir()
+        restored.append(trial_dir / name)
+    return restored
 
 
 def run_reseeds(spec: SweepSpec, rows: list[dict], trainable, tracking_uri: str, experiment_id: str,
