@@ -9,6 +9,7 @@ still carrying the marker, by pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -177,13 +178,20 @@ class LoopbackCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def loopback_cluster():
+    """A started two-node loopback cluster, torn down (and checked gone) on leaving."""
     c = LoopbackCluster()
     try:
         yield c.start()
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with loopback_cluster() as c:
+        yield c
 
 
 def test_sweep_through_address_runs_trials_on_both_nodes(cluster, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_cluster import WORKER_IP, HEAD_IP, LoopbackCluster
+from tests.test_cluster import HEAD_IP, WORKER_IP, loopback_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -70,12 +70,9 @@ def results_of(sweep: Path) -> dict[str, list[dict]]:
 
 
 @pytest.fixture
-def cluster():
-    c = LoopbackCluster()
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+def cluster():  # a fresh cluster: this test kills its worker node
+    with loopback_cluster() as c:
+        yield c
 
 
 def test_worker_node_killed_mid_sweep(cluster, tmp_path):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from trainables.errors import UserError
+from trainables.errors import UserError, error_line
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -83,7 +83,7 @@ def _timm_model(timm_name: str, num_classes: int, image_size: int, drop_rate: fl
             return timm.create_model(timm_name, **kwargs)
     except (AssertionError, ValueError, RuntimeError) as exc:
         raise UserError(f"timm model '{timm_name}' cannot be built for {image_size}px images: "
-                        f"{_one_line(exc)}") from None
+                        f"{error_line(exc)}") from None
 
 
 def _timm_alias(timm_name: str) -> ModelFactory:
@@ -263,7 +263,7 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
             state = filter_fn(state, model)
         except Exception as exc:
             raise UserError(f"pretrained weights file {file} does not fit {type(model).__name__}: "
-                            f"{_one_line(exc)}") from None
+                            f"{error_line(exc)}") from None
 
     own = model.state_dict()
     head = classifier_name(model)
@@ -335,13 +335,8 @@ def _load_failure(file: str, error: BaseException) -> str:
                     f"save model.state_dict() instead")
         return "not a PyTorch (torch.save) or safetensors weights file"
     if isinstance(error, PermissionError):
-        return _one_line(error)
-    return f"not a PyTorch (torch.save) or safetensors weights file, or a truncated one ({_one_line(error)})"
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0].strip()[:300]}" if lines else type(error).__name__
+        return error_line(error)
+    return f"not a PyTorch (torch.save) or safetensors weights file, or a truncated one ({error_line(error)})"
 
 
 def forward_backward_smoke(model: nn.Module, num_classes: int, image_size: int = 32, batch: int = 2) -> None:

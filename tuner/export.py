@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.errors import UserError
+from trainables.errors import UserError, error_line
 from tuner.report import EXIT_USER_ERROR, Sweep, attach, load_sweep
 
 EXPORT_DIR = "export"
@@ -113,11 +113,6 @@ def _quiet():
     return stack
 
 
-def _reason(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
-
-
 def build_runtimes(model, example, device: str, with_compile: bool,
                    onnx_file: Path | None) -> tuple[dict[str, Callable], dict[str, str], dict[str, Any]]:
     """Callables image batch -> logits per runtime on `device`, reasons for those that cannot run, and the
@@ -132,13 +127,13 @@ def build_runtimes(model, example, device: str, with_compile: bool,
             made["trace"] = torch.jit.trace(model, example, check_trace=False)
         runtimes["torchscript_trace"] = made["trace"]
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow and the like
-        reasons["torchscript_trace"] = _reason(exc)
+        reasons["torchscript_trace"] = error_line(exc)
     try:
         with _quiet():
             made["script"] = torch.jit.script(model)
         runtimes["torchscript_script"] = made["script"]
     except Exception as exc:  # noqa: BLE001 - TorchScript rejects much of timm and torchvision
-        reasons["torchscript_script"] = _reason(exc)
+        reasons["torchscript_script"] = error_line(exc)
     if with_compile:
         try:
             compiled = torch.compile(model)
@@ -146,7 +141,7 @@ def build_runtimes(model, example, device: str, with_compile: bool,
                 compiled(example)  # compile now, so failures are reasons and compile time stays out of the timings
             runtimes["torch_compile"] = compiled
         except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor on CPU
-            reasons["torch_compile"] = _reason(exc)
+            reasons["torch_compile"] = error_line(exc)
     else:
         reasons["torch_compile"] = "skipped: pass --compile (compiling is slow on CPU)"
     if onnx_file is None:
@@ -185,7 +180,7 @@ def export_onnx(model, example, path: Path) -> str | None:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - an operator without an ONNX translation, etc.
         path.unlink(missing_ok=True)
-        return _reason(exc)
+        return error_line(exc)
     return None
 
 
@@ -217,7 +212,7 @@ def benchmark(runtimes: dict[str, Callable], reasons: dict[str, str], device: st
                                             ms[min(len(ms) - 1, int(0.9 * len(ms)))], b / statistics.median(times),
                                             len(times), diff, agree))
             except Exception as exc:  # noqa: BLE001 - a runtime that fails on these shapes
-                rows += [Measurement(device, runtime, b, "failed", reason=_reason(exc)) for b in (1, batch)
+                rows += [Measurement(device, runtime, b, "failed", reason=error_line(exc)) for b in (1, batch)
                          if not any(r.runtime == runtime and r.batch == b for r in rows)]
     return rows
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables.errors import UserError
+from trainables.errors import UserError, error_line
 from tuner.final import FINAL_FILE  # each family's best trial, tested once; absent in older sweeps
 from tuner.results import COMPLETED  # trials whose validation figures count
 from tuner.run import EXIT_USER_ERROR
@@ -194,7 +194,7 @@ def param_importance(trials, params: list[str] | None = None, *, seed: int = 0) 
         importances = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=varying)
     except Exception as exc:  # noqa: BLE001 - the evaluator's own complaint, e.g. degenerate data
-        result.reason = f"Optuna's fANOVA evaluator failed: {type(exc).__name__}: {_first_line(exc)}"
+        result.reason = f"Optuna's fANOVA evaluator failed: {error_line(exc)}"
         return result
     result.values = {k: float(v) for k, v in importances.items()}
     return result
@@ -862,13 +862,8 @@ def attach(sweep: Sweep, files: list[Path], artifact_path: str, tracking_uri: st
             client.log_artifact(sweep.parent_run_id, str(file), artifact_path=artifact_path)
     except Exception as exc:  # noqa: BLE001 - unreachable server, missing run, denied upload: all one warning
         return (f"could not attach to MLflow run {sweep.parent_run_id} at {uri} "
-                f"({type(exc).__name__}: {_first_line(exc)[:200]})")
+                f"({error_line(exc, 200)})")
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -172,11 +172,11 @@ def sample_configs(spec: SweepSpec, n: int) -> list[dict[str, Any]]:
                 config[key] = rng.choice(value["grid_search"])
             else:
                 config[key] = value
-        out.append(_plain(config))
+        out.append(plain_config(config))
     return out
 
 
-def _plain(config: dict[str, Any]) -> dict[str, Any]:
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
     """numpy scalars from samplers -> Python numbers, so configs print and serialise cleanly."""
     return {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from trainables.data import ImageSplits, load_dataset
 from trainables.errors import UserError
 from tuner import final, results, tracking
-from tuner.spec import SweepSpec, check_storage_writable, read_spec, write_spec
+from tuner.spec import SweepSpec, check_storage_writable, plain_config, read_spec, write_spec
 
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8265
 KEEP_CHECKPOINTS = 2  # per trial, by validation top-1: bounds the sweep folder
@@ -33,7 +33,15 @@ class SweepOutcome:
     test: final.TestResult | None = None  # the overall winner's test figures
     model_uri: str | None = None
     finals: list[final.FamilyResult] = field(default_factory=list)  # each model family's pick, tested once
-    failures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # status -> its rows
+
+    @property
+    def failures(self) -> dict[str, list[dict[str, Any]]]:
+        """failed / diverged -> those trials' rows."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows:
+            if row["status"] in ("failed", "diverged"):
+                out.setdefault(row["status"], []).append(row)
+        return out
 
     @property
     def exit_code(self) -> int:
@@ -130,9 +138,6 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
         results.write_epochs([e for e in earlier_epochs if e["trial_id"] not in new_ids] +
                              results.epoch_rows(grid), spec.sweep_dir)
         outcome = SweepOutcome(spec, rows, parquet, tracking_uri, parent_run_id)
-        for row in rows:
-            if row["status"] in ("failed", "diverged"):
-                outcome.failures.setdefault(row["status"], []).append(row)
         reseeded, reseed_rows = None, []
         if spec.reseed and any(r["status"] in results.COMPLETED for r in rows):
             reseed_rows = run_reseeds(spec, rows, trainable, tracking_uri, experiment_id, parent_run_id, console,
@@ -298,7 +303,7 @@ def grown_searcher(spec: SweepSpec, earlier_rows: list[dict], round_index: int):
     """The searcher for --add-trials: every earlier trial's config and best validation score as its history."""
     keys = [k for k in spec.searched_keys() if k != "seed"]
     scored = [r for r in earlier_rows if r["status"] in results.COMPLETED and r["best_val_top1"] == r["best_val_top1"]]
-    points = [{k: _plain(r[k]) for k in keys} for r in scored]
+    points = [plain_config({k: r[k] for k in keys}) for r in scored]
     return make_searcher(spec, points, [r["best_val_top1"] for r in scored], round_index)
 
 
@@ -321,16 +326,12 @@ def warm_start_points(spec: SweepSpec) -> list[dict[str, Any]]:
                     key=lambda r: -r["best_val_top1"])
     points = []
     for row in ranked:
-        point = {k: _plain(row[k]) for k in domains if k in row}
+        point = plain_config({k: row[k] for k in domains if k in row})
         if point and all(fits(k, v) for k, v in point.items()) and point not in points:
             points.append(point)
     if not points:
         raise UserError(f"--warm-start {spec.warm_start}: none of its finished trials fits space '{spec.space}'")
     return points[:max(1, min(WARM_START_TOP, spec.num_samples // 2))]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def preflight_models(spec: SweepSpec, splits: ImageSplits, samples: int = 8) -> None:

@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from trainables.config import TrialConfig
 from trainables.errors import UserError
+from tuner.final import FINAL_FILE
 from tuner.results import MLFLOW_STATUS, trial_status
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def log_finals(client, parent_run_id: str, finals: list, sweep_dir: Path) -> Non
                 Metric(f"{k}.{f.family}", v, stamp, 0) for k, v in
                 (("val_top1_mean", f.val_top1_mean), ("val_top1_std", f.val_top1_std),
                  ("test_top1_mean", f.test_top1_mean), ("test_top1_std", f.test_top1_std))])
-    final_file = Path(sweep_dir) / "final.parquet"
+    final_file = Path(sweep_dir) / FINAL_FILE
     if final_file.exists():
         client.log_artifact(parent_run_id, str(final_file), artifact_path="test")
 
