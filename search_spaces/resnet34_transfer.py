@@ -22,7 +22,8 @@ SPACE = SearchSpace(
     asha=Asha(grace_period=2, reduction_factor=3),
     num_samples=12,
     max_epochs=15,
-    requires={"pretrained": "--set pretrained=PATH: torchvision's resnet34 ImageNet weights "
-                            "(resnet34-b627a593.pth from torchvision.models.ResNet34_Weights.IMAGENET1K_V1)"},
+    requires={"pretrained": "--set pretrained=hub (torchvision downloads its resnet34 ImageNet weights) or "
+                            "--set pretrained=PATH: that file, resnet34-b627a593.pth "
+                            "(torchvision.models.ResNet34_Weights.IMAGENET1K_V1)"},
     dataset_overrides={"digits": {"image_size": 32, "batch_size": 32, "max_epochs": tune.choice([1, 2])}},
 )

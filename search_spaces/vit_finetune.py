@@ -24,8 +24,9 @@ SPACE = SearchSpace(
     asha=Asha(grace_period=1, reduction_factor=3),
     num_samples=16,
     max_epochs=10,
-    requires={"pretrained": "--set pretrained=PATH: a weights file, or a folder holding vit_b.safetensors and "
-                            "deit_tiny.safetensors (timm's vit_base_patch16_224 / deit_tiny_patch16_224 weights)"},
+    requires={"pretrained": "--set pretrained=hub (timm downloads its vit_base_patch16_224 / deit_tiny_patch16_224 "
+                            "weights) or --set pretrained=PATH: a weights file, or a folder holding vit_b.safetensors "
+                            "and deit_tiny.safetensors"},
     # digits: DeiT-tiny at 32 px (2x2 patches) keeps the path testable on a CPU.
     dataset_overrides={"digits": {"model": "deit_tiny", "image_size": 32, "batch_size": 32,
                                   "max_epochs": tune.choice([1, 2])}},

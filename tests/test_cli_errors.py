@@ -72,3 +72,11 @@ def test_real_process_prints_no_traceback(tmp_path):
 def test_list_spaces(capsys):
     assert main(["--list-spaces"]) == 0
     assert "resnet_rsb" in capsys.readouterr().out
+
+
+def test_error_line_keeps_the_first_line_and_marks_a_cut():
+    from trainables.errors import error_line
+
+    assert error_line(ValueError("bad shape\n  at layer 3\n")) == "ValueError: bad shape"
+    assert error_line(OSError("x" * 50 + " tail"), limit=20) == "OSError: " + "x" * 20 + "..."
+    assert error_line(KeyError()) == "KeyError"

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from trainables.augment import BatchAugment
-from trainables.config import TrialConfig
+from trainables.config import HUB, TrialConfig
 from trainables.data import ImageSplits
 from trainables.errors import UserError
-from trainables.models import create_model, freeze_backbone, freeze_backbone_batchnorm, load_pretrained, weights_file
+from trainables.models import (create_model, freeze_backbone, freeze_backbone_batchnorm, load_hub_weights,
+                               load_pretrained, weights_file)
 from trainables.placement import DeviceImages
 from trainables.recipe import create_recipe
 
@@ -207,13 +208,15 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augme
 
 def build_model(cfg: TrialConfig, num_classes: int, device: torch.device, image_size: int | None = None, *,
                 load_weights: bool = True) -> nn.Module:
-    """The trial's model for `image_size` inputs, from its pretrained file when set, backbone frozen when asked.
+    """The trial's model for `image_size` inputs, from its pretrained weights when set, backbone frozen when asked.
 
     `image_size` is the size the model sees (cfg.image_size, else the data set's; None: cfg.image_size or 32).
     `load_weights=False` skips the pretrained file (a resumed trial restores its own weights).
     """
     model = _create_net(cfg, num_classes, image_size or cfg.image_size or 32)
-    if cfg.pretrained and load_weights:
+    if cfg.pretrained == HUB and load_weights:
+        load_hub_weights(model, cfg.model)
+    elif cfg.pretrained and load_weights:
         load_pretrained(model, weights_file(cfg.pretrained, cfg.model))
     if cfg.freeze_backbone:
         freeze_backbone(model)

@@ -15,6 +15,9 @@ from typing import Any, Mapping
 from trainables.errors import UserError
 
 
+HUB = "hub"  # pretrained=hub: the model's published weights, fetched and cached by timm or torchvision
+
+
 def _knob(default: Any, help: str, *, choices: tuple | None = None,
           min: float | None = None, max: float | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
@@ -33,9 +36,10 @@ class TrialConfig:
     vit_heads: int = _knob(3, "vit_scratch: attention heads", min=1, max=64)
     vit_mlp_dim: int = _knob(0, "vit_scratch: hidden width of the MLP blocks (0: 4 x vit_dim)", min=0, max=16_384)
     # pretrained weights (a local file; nothing is downloaded)
-    pretrained: str = _knob("", "local .safetensors/.pt/.pth state dict to start from, or a folder holding "
-                                "<model>.safetensors|.pth|.pt ('': random init); another class count's head is "
-                                "re-initialised")
+    pretrained: str = _knob("", "weights to start from: a local .safetensors/.pt/.pth state dict, a folder holding "
+                                "<model>.safetensors|.pth|.pt, or 'hub' for the model's published weights through "
+                                "timm/torchvision (downloaded once into their caches); '': random init. Another class "
+                                "count's head is re-initialised")
     freeze_backbone: bool = _knob(False, "train only the classifier head (backbone weights and BN statistics fixed)")
     layer_decay: float = _knob(0.0, "layer-wise LR decay factor, e.g. 0.75 (timm layer_decay; 0: off)", min=0.0,
                                max=1.0)

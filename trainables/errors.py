@@ -8,4 +8,7 @@ class UserError(Exception):
 def error_line(error: BaseException, limit: int = 300) -> str:
     """`Type: first line of the message`, for one-line reasons (a library's errors span many lines)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    first = lines[0] if len(lines[0]) <= limit else lines[0][:limit].rstrip() + "..."
+    return f"{type(error).__name__}: {first}"

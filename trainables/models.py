@@ -92,6 +92,7 @@ def _timm_alias(timm_name: str) -> ModelFactory:
         return _timm_model(timm_name, num_classes, image_size, drop_rate, drop_path)
 
     build.__doc__ = f"timm's {timm_name}, randomly initialised"
+    build.timm_name = timm_name
     return build
 
 
@@ -140,6 +141,7 @@ def _imagenet_resnet(arch: str) -> ModelFactory:
 
         return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
 
+    build.torchvision_arch = arch  # pretrained=hub fetches torchvision's published weights of this architecture
     return build
 
 
@@ -257,13 +259,17 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UserError(f"pretrained weights file {file} does not hold a state dict (a dict of tensors, optionally "
                         f"under a 'state_dict' or 'model' key)")
+    return _load_state(model, state, f"pretrained weights file {file}")
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """load_pretrained's checks and loading, for a state dict read from `source` (named in errors)."""
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None and type(model).__module__.startswith("timm."):
         try:
             state = filter_fn(state, model)
         except Exception as exc:
-            raise UserError(f"pretrained weights file {file} does not fit {type(model).__name__}: "
-                            f"{error_line(exc)}") from None
+            raise UserError(f"{source} does not fit {type(model).__name__}: {error_line(exc)}") from None
 
     own = model.state_dict()
     head = classifier_name(model)
@@ -276,12 +282,49 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
         problems = [f"{len(keys)} {what} key(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
                     for what, keys in (("missing", missing), ("unexpected", unexpected),
                                        ("wrong-shape", wrong_shape)) if keys]
-        raise UserError(f"pretrained weights file {file} does not fit model {type(model).__name__}: "
-                        f"{'; '.join(problems)}")
+        raise UserError(f"{source} does not fit model {type(model).__name__}: {'; '.join(problems)}")
     if mismatched:  # another class count: drop the whole head, the model keeps its fresh one
         state = {k: v for k, v in state.items() if not _in_head(k, head)}
     model.load_state_dict(state, strict=False)
     return sorted(k for k in own if _in_head(k, head) and k not in state)
+
+
+def load_hub_weights(model: nn.Module, model_name: str) -> None:
+    """Load the published weights of `model_name` into `model` through its library's own loader.
+
+    torchvision's ImageNet ResNets take `Weights.DEFAULT` (cached under $TORCH_HOME/hub); timm models take their
+    default pretrained tag (cached under $HF_HOME, or $TORCH_HOME for URL-only weights). Both loaders re-initialise
+    a classifier of another class count; timm also resamples position embeddings to the trial's image size.
+    """
+    arch = getattr(_REGISTRY.get(model_name), "torchvision_arch", None)
+    timm_cfg = getattr(model, "pretrained_cfg", None) or {}
+    if arch is not None:
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        where = weights.url
+        fetch = lambda: _load_state(model, weights.get_state_dict(progress=False, check_hash=True),  # noqa: E731
+                                    f"torchvision's {weights}")
+    elif type(model).__module__.startswith("timm.") and (timm_cfg.get("hf_hub_id") or timm_cfg.get("url")):
+        from timm.models import load_pretrained as timm_load_pretrained
+
+        hub_id = timm_cfg.get("hf_hub_id")
+        where = f"https://huggingface.co/{hub_id}" if hub_id else timm_cfg["url"]
+        filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+        fetch = lambda: timm_load_pretrained(model, num_classes=model.num_classes, filter_fn=filter_fn)  # noqa: E731
+    else:
+        hub_models = [n for n in sorted(_REGISTRY) if getattr(_REGISTRY[n], "torchvision_arch", None)
+                      or getattr(_REGISTRY[n], "timm_name", None)]
+        raise UserError(f"model '{model_name}' has no published weights for pretrained=hub; it works for "
+                        f"{', '.join(hub_models)} and timm/<name>, else give a local file: --set pretrained=PATH")
+    try:
+        fetch()
+    except UserError:
+        raise
+    except Exception as exc:  # offline, a firewall, a truncated cache file
+        raise UserError(f"pretrained=hub: cannot fetch the weights of '{model_name}' from {where} "
+                        f"({error_line(exc, 120)}); offline, download them on another machine and give "
+                        f"--set pretrained=PATH") from None
 
 
 def freeze_backbone(model: nn.Module) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune.search.sample import Domain
 
 from search_spaces import SPACES, SearchSpace, get_space
-from trainables.config import TrialConfig, parse_value
+from trainables.config import HUB, TrialConfig, parse_value
 from trainables.data import DATASETS
 from trainables.errors import UserError
 
@@ -90,7 +90,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
     for key, how in chosen.requires.items():
         if not overrides.get(key):
             raise UserError(f"space '{space}' needs {how}")
-    if overrides.get("pretrained"):  # trials run in their own folders: make the path absolute here, and check it
+    if overrides.get("pretrained") not in (None, "", HUB):  # trials run in their own folders: make the path absolute
         weights = Path(overrides["pretrained"]).expanduser().resolve()
         if not weights.exists():
             raise UserError(f"--set pretrained={overrides['pretrained']}: no such file or folder")
