@@ -69,9 +69,15 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_list_spaces(capsys):
+def test_list_spaces(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per space, to read the cells
     assert main(["--list-spaces"]) == 0
-    assert "resnet_rsb" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resnet_rsb" in out
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:6]]
+            for line in out.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows["cnn_grid"] == ["cifar10", "grid", "864", "50"]  # every cell of the grid, once
+    assert rows["vit_pretrain_finetune"] == ["cifar100→cifar10", "random", "8 x 2", "100"]
 
 
 def test_error_line_keeps_the_first_line_and_marks_a_cut():
@@ -80,3 +86,11 @@ def test_error_line_keeps_the_first_line_and_marks_a_cut():
     assert error_line(ValueError("bad shape\n  at layer 3\n")) == "ValueError: bad shape"
     assert error_line(OSError("x" * 50 + " tail"), limit=20) == "OSError: " + "x" * 20 + "..."
     assert error_line(KeyError()) == "KeyError"
+
+
+def test_list_spaces_in_80_columns_puts_descriptions_below(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["--list-spaces"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines) and not any("…" in line for line in lines)  # nothing cut
+    assert any(line.startswith("cnn_grid: CIFAR-10 grid of 864 runs") for line in lines)

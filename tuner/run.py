@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from rich.console import Console
@@ -148,13 +149,21 @@ def write_report(outcome, console: Console) -> None:
 def print_spaces(console: Console) -> None:
     from search_spaces import SPACES
 
-    table = Table(title="search spaces", show_lines=False)
-    for column in ("space", "data", "search", "trials", "epochs", "description"):
-        table.add_column(column)
+    wide = console.width >= 120  # else the descriptions follow the table, so no column is squeezed to a sliver
+    table = Table(title="search spaces")
+    for column in ("space", "data", "search", "trials", "epochs") + (("description",) if wide else ()):
+        table.add_column(column, no_wrap=column != "description")
     for space in SPACES.values():
-        table.add_row(space.name, space.dataset, space.search, str(space.num_samples), str(space.max_epochs),
-                      space.description)
+        cells = math.prod(len(v["grid_search"]) for v in space.params.values()
+                          if isinstance(v, dict) and "grid_search" in v)  # Ray runs num_samples of every grid cell
+        trials = f"{space.num_samples} x {cells}" if cells > 1 and space.num_samples > 1 else str(space.num_samples * cells)
+        data = space.dataset + (f"→{space.then.dataset}" if space.then else "")  # a second stage on other data
+        table.add_row(space.name, data, space.search, trials,
+                      str(space.max_epochs), *((space.description,) if wide else ()))
     console.print(table)
+    if not wide:
+        for space in SPACES.values():
+            console.print(f"[bold]{space.name}[/bold]: {space.description}", highlight=False)
 
 
 def print_summary(outcome, console: Console, top: int = 5) -> None:
