@@ -16,7 +16,8 @@ import torch
 
 from trainables.augment import (BatchAugment, randaugment_chunks, random_crop, random_erase, random_hflip,
                                 random_rotate)
-from trainables.classify import build_model, load_checkpoint_model, save_atomic, train_classifier, train_epochs
+from trainables.classify import (build_model, epoch_order, load_checkpoint_model, save_atomic, train_classifier,
+                                 train_epochs)
 from trainables.config import TrialConfig
 from trainables.data import ImageSplits
 from trainables.errors import UserError
@@ -226,6 +227,23 @@ def test_augmentation_knobs_train_end_to_end():
                randaugment_magnitude=9, random_erasing=0.25)
     (metrics, _), = list(train_epochs(cfg, _splits(), device=CPU))
     assert metrics["validated"] and math.isfinite(metrics["train_loss"]) and 0 <= metrics["val_top1"] <= 100
+
+
+def test_repeated_augmentation_order():
+    order = epoch_order(10, 3, _gen(0), CPU)
+    assert len(order) == 10 and order.tolist()[:9:3] == order.tolist()[1:9:3] == order.tolist()[2:9:3]
+    assert len(set(order.tolist())) == 4  # ceil(10 / 3) images, each up to 3 times in a row
+    assert sorted(epoch_order(10, 1, _gen(0), CPU).tolist()) == list(range(10))  # off: a plain permutation
+    assert torch.equal(epoch_order(10, 3, _gen(1), CPU), epoch_order(10, 3, _gen(1), CPU))
+
+
+def test_repeated_augmentation_trains_and_augments_each_copy_differently():
+    cfg = _cfg(model="cnn_basic", width=0.25, lr=1e-3, max_epochs=1, repeat_aug=3, crop_padding=2)
+    (metrics, _), = list(train_epochs(cfg, _splits(), device=CPU))
+    assert math.isfinite(metrics["train_loss"]) and metrics["images_per_s"] > 0
+    copies = _images(1).repeat(3, 1, 1, 1)
+    out = BatchAugment(MEAN, STD, crop_padding=4)(copies, _gen(0))
+    assert not torch.equal(out[0], out[1]) or not torch.equal(out[1], out[2])
 
 
 # ---------------------------------------------------------------- models

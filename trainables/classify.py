@@ -139,7 +139,7 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
         model.train()
         if cfg.freeze_backbone:
             freeze_backbone_batchnorm(model)
-        order = torch.randperm(len(train_y), device=device, generator=generator)
+        order = epoch_order(len(train_y), cfg.repeat_aug, generator, device)
         if not train_x.resident:
             order = order.cpu()  # batches are gathered on the host: one sync per epoch, not per step
         loss_sum = torch.zeros((), device=device)
@@ -185,6 +185,19 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
 
 
 @torch.no_grad()
+def epoch_order(n: int, repeats: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """The epoch's sample order: a permutation, or with repeats > 1 repeated augmentation (Hoffer et al. 2020).
+
+    ceil(n / repeats) images, each `repeats` times in a row (so in one batch, where its copies are augmented
+    differently), n samples in all. timm's RepeatAugSampler has this rule but seeds its order by the epoch alone,
+    the same for every trial, and yields a Python list; this draws it from the trial's generator on its device.
+    """
+    order = torch.randperm(n, device=device, generator=generator)
+    if repeats == 1:
+        return order
+    return order[:-(-n // repeats)].repeat_interleave(repeats)[:n]
+
+
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: BatchAugment,
              autocast=nullcontext(), batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (in %) on un-augmented images, in one pass."""

@@ -82,6 +82,8 @@ class TrialConfig:
     randaugment_ops: int = _knob(2, "RandAugment operations applied per image", min=1, max=14)
     random_erasing: float = _knob(0.0, "probability of erasing a random box per image with noise (0: off)", min=0.0,
                                   max=1.0)
+    repeat_aug: int = _knob(1, "repeated augmentation: each epoch shows n/k images k times each, differently augmented, "
+                               "in the same batch (DeiT; RSB A1/A2 use 3; 1: off)", min=1, max=16)
     # runtime
     seed: int = _knob(0, "trial seed (weights init, data order, augmentation)", min=0)
     amp: bool = _knob(True, "bf16 autocast on CUDA (ignored on CPU)")
