@@ -15,6 +15,7 @@ SPACE = SearchSpace(
         "batch_size": 128,
         "bce_target_thresh": 0.2,  # RSB's binarised BCE targets
         "mix_prob": 1.0,
+        "randaugment_mstd": 1.5,  # RSB's rand-...-mstd0.5, on torchvision's scale
         "crop_padding": 4,
         "hflip": True,
     },

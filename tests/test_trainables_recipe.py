@@ -164,6 +164,30 @@ def test_randaugment_changes_images_and_chunks_differ():
     assert ra.num_ops == 3 and ra.magnitude == 90 and ra.num_magnitude_bins == 301
 
 
+def test_randaugment_magnitude_noise_draws_a_seeded_magnitude_per_chunk():
+    from torchvision.transforms import v2
+
+    seen = []
+
+    class Recording(v2.RandAugment):
+        def forward(self, *inputs):
+            seen.append(self.magnitude)
+            return super().forward(*inputs)
+
+    ra = Recording(num_ops=2, magnitude=90, num_magnitude_bins=301)
+    x = _images(n=64)
+    first = randaugment_chunks(x, ra, _gen(0), magnitude=9.0, magnitude_std=1.5)
+    draws = list(seen)
+    assert len(draws) == 8 and len(set(draws)) > 4 and all(0 <= m <= 300 for m in draws)
+    assert 60 < sum(draws) / len(draws) < 120  # around 9 (x 10 bins) with std 1.5
+    seen.clear()
+    assert torch.equal(randaugment_chunks(x, ra, _gen(0), magnitude=9.0, magnitude_std=1.5), first)
+    assert seen == draws  # the same generator state, the same magnitudes
+    seen.clear()
+    randaugment_chunks(x, ra, _gen(0), magnitude=9.0)
+    assert seen == [draws[-1]] * 8  # no noise: the magnitude is left as it is
+
+
 # ---------------------------------------------------------------- validation cadence and early stopping
 
 def _cfg(**overrides) -> TrialConfig:

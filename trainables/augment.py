@@ -20,7 +20,7 @@ class BatchAugment:
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *, crop_padding: int = 4,
                  hflip: bool = True, image_size: int = 0, rotation: float = 0.0, randaugment_magnitude: float = 0.0,
-                 randaugment_ops: int = 2, random_erasing: float = 0.0,
+                 randaugment_ops: int = 2, randaugment_mstd: float = 0.0, random_erasing: float = 0.0,
                  device: torch.device | str = "cpu") -> None:
         self.crop_padding = crop_padding
         self.hflip = hflip
@@ -28,6 +28,7 @@ class BatchAugment:
         self.rotation = rotation  # degrees either way; 0: off
         self.random_erasing = random_erasing  # probability per image; 0: off
         self.randaugment = None
+        self.randaugment_magnitude, self.randaugment_mstd = randaugment_magnitude, randaugment_mstd
         if randaugment_magnitude > 0:
             from torchvision.transforms import v2
 
@@ -53,7 +54,8 @@ class BatchAugment:
         if self.rotation:
             images = random_rotate(images, self.rotation, generator)
         if self.randaugment is not None:
-            images = randaugment_chunks(images, self.randaugment, generator)
+            images = randaugment_chunks(images, self.randaugment, generator, magnitude=self.randaugment_magnitude,
+                                        magnitude_std=self.randaugment_mstd)
         images = self.normalize(images)
         if self.random_erasing:
             images = random_erase(images, self.random_erasing, generator)
@@ -112,18 +114,29 @@ def random_rotate(images: torch.Tensor, degrees: float, generator: torch.Generat
 
 
 def randaugment_chunks(images: torch.Tensor, randaugment, generator: torch.Generator | None = None,
-                       chunks: int = RANDAUGMENT_CHUNKS) -> torch.Tensor:
+                       chunks: int = RANDAUGMENT_CHUNKS, *, magnitude: float = 0.0,
+                       magnitude_std: float = 0.0) -> torch.Tensor:
     """torchvision v2 RandAugment on a uint8 batch, seeded from `generator`.
 
     v2 RandAugment picks one op sequence per call for the whole tensor, so `chunks` independent draws per batch
     trade per-image variety for a handful of batched kernel calls. It draws from torch's global CPU RNG, so that
-    is forked and seeded from `generator`'s state (read on the host: no device sync).
+    is forked and seeded from `generator`'s state (read on the host: no device sync). `magnitude_std` > 0 draws
+    each chunk's magnitude from N(magnitude, magnitude_std), clipped to 0-30: timm's "mstd", which v2 lacks.
     """
+    def chunk_by_chunk() -> torch.Tensor:
+        out = []
+        for part in images.chunk(chunks):
+            if magnitude_std > 0:
+                noisy = min(max(magnitude + magnitude_std * torch.randn(()).item(), 0.0), 30.0)
+                randaugment.magnitude = round(noisy * 10)  # v2 reads it on every call
+            out.append(randaugment(part))
+        return torch.cat(out)
+
     if generator is None:
-        return torch.cat([randaugment(part) for part in images.chunk(chunks)])
+        return chunk_by_chunk()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_host_seed(generator))
-        return torch.cat([randaugment(part) for part in images.chunk(chunks)])
+        return chunk_by_chunk()
 
 
 def _host_seed(generator: torch.Generator) -> int:

@@ -116,7 +116,8 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
     augment = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding if on else 0, hflip=cfg.hflip and on,
                            image_size=cfg.image_size, rotation=cfg.rotation if on else 0.0,
                            randaugment_magnitude=cfg.randaugment_magnitude if on else 0.0,
-                           randaugment_ops=cfg.randaugment_ops, random_erasing=cfg.random_erasing if on else 0.0,
+                           randaugment_ops=cfg.randaugment_ops, randaugment_mstd=cfg.randaugment_mstd,
+                           random_erasing=cfg.random_erasing if on else 0.0,
                            device=device)
     step_model = torch.compile(model) if cfg.compile else model
     autocast = _autocast(cfg, device)

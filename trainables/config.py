@@ -80,6 +80,9 @@ class TrialConfig:
     randaugment_magnitude: float = _knob(0.0, "RandAugment magnitude on torchvision's 0-30 scale, e.g. 9 (0: off)",
                                          min=0.0, max=30.0)
     randaugment_ops: int = _knob(2, "RandAugment operations applied per image", min=1, max=14)
+    randaugment_mstd: float = _knob(0.0, "std of RandAugment's magnitude, drawn anew for each group of images, on the "
+                                         "same 0-30 scale (timm's mstd x 3: RSB's mstd0.5 is 1.5; 0: fixed)",
+                                    min=0.0, max=30.0)
     random_erasing: float = _knob(0.0, "probability of erasing a random box per image with noise (0: off)", min=0.0,
                                   max=1.0)
     repeat_aug: int = _knob(1, "repeated augmentation: each epoch shows n/k images k times each, differently augmented, "
