@@ -127,4 +127,5 @@ def test_sweep_with_pretrained_hub(tmp_path):
 
     rows = pq.read_table(tmp_path / "sweeps" / "hub" / "trials.parquet").to_pylist()
     assert [(r["status"], r["pretrained"], r["model"]) for r in rows] == [("finished", "hub", "deit_tiny")]
-    assert json.loads((tmp_path / "sweeps" / "hub" / "sweep.json").read_text())  # the spec kept 'hub' as given
+    spec = json.loads((tmp_path / "sweeps" / "hub" / "sweep.json").read_text())["spec"]
+    assert spec["overrides"]["pretrained"] == "hub"  # kept as given, not resolved into a path

@@ -1,6 +1,5 @@
 """The training loop without Ray: it learns, its metrics agree with scikit-learn, and resume is exact."""
 
-import numpy as np
 import pytest
 import torch
 from sklearn.metrics import log_loss, top_k_accuracy_score
@@ -40,6 +39,16 @@ def test_evaluate_agrees_with_sklearn():
     assert ours["top1"] == pytest.approx(100 * top_k_accuracy_score(y, logits, k=1, labels=labels), abs=1e-4)
     assert ours["top5"] == pytest.approx(100 * top_k_accuracy_score(y, logits, k=5, labels=labels), abs=1e-4)
     assert ours["loss"] == pytest.approx(log_loss(y, probs, labels=labels), rel=1e-4)
+
+
+def test_evaluate_builds_no_autograd_graph():
+    """Validation runs every epoch: it must not record the graph a backward pass would need."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 7))
+    recorded = []
+    net.register_forward_hook(lambda module, inputs, output: recorded.append(output.requires_grad))
+    evaluate(net, torch.randint(0, 256, (100, 3, 4, 4), dtype=torch.uint8), torch.randint(0, 7, (100,)),
+             BatchAugment((0.5,) * 3, (0.25,) * 3), batch_size=64)
+    assert recorded == [False, False]
 
 
 def test_resume_from_checkpoint_state_continues_exactly(digits):

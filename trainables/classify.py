@@ -185,7 +185,6 @@ def train_epochs(cfg: TrialConfig, data: ImageSplits, *, device: torch.device | 
             return  # a non-finite loss never recovers; a stalled one stops to free its slot for other trials
 
 
-@torch.no_grad()
 def epoch_order(n: int, repeats: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """The epoch's sample order: a permutation, or with repeats > 1 repeated augmentation (Hoffer et al. 2020).
 
@@ -199,6 +198,7 @@ def epoch_order(n: int, repeats: int, generator: torch.Generator, device: torch.
     return order[:-(-n // repeats)].repeat_interleave(repeats)[:n]
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: BatchAugment,
              autocast=nullcontext(), batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (in %) on un-augmented images, in one pass."""

@@ -298,27 +298,27 @@ def load_hub_weights(model: nn.Module, model_name: str) -> None:
     """
     arch = getattr(_REGISTRY.get(model_name), "torchvision_arch", None)
     timm_cfg = getattr(model, "pretrained_cfg", None) or {}
+    timm_published = type(model).__module__.startswith("timm.") and (timm_cfg.get("hf_hub_id") or timm_cfg.get("url"))
+    if arch is None and not timm_published:
+        hub_models = [n for n in sorted(_REGISTRY) if getattr(_REGISTRY[n], "torchvision_arch", None)
+                      or getattr(_REGISTRY[n], "timm_name", None)]
+        raise UserError(f"model '{model_name}' has no published weights for pretrained=hub; it works for "
+                        f"{', '.join(hub_models)} and timm/<name>, else give a local file: --set pretrained=PATH")
     if arch is not None:
         import torchvision
 
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         where = weights.url
-        fetch = lambda: _load_state(model, weights.get_state_dict(progress=False, check_hash=True),  # noqa: E731
-                                    f"torchvision's {weights}")
-    elif type(model).__module__.startswith("timm.") and (timm_cfg.get("hf_hub_id") or timm_cfg.get("url")):
-        from timm.models import load_pretrained as timm_load_pretrained
-
-        hub_id = timm_cfg.get("hf_hub_id")
-        where = f"https://huggingface.co/{hub_id}" if hub_id else timm_cfg["url"]
-        filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-        fetch = lambda: timm_load_pretrained(model, num_classes=model.num_classes, filter_fn=filter_fn)  # noqa: E731
     else:
-        hub_models = [n for n in sorted(_REGISTRY) if getattr(_REGISTRY[n], "torchvision_arch", None)
-                      or getattr(_REGISTRY[n], "timm_name", None)]
-        raise UserError(f"model '{model_name}' has no published weights for pretrained=hub; it works for "
-                        f"{', '.join(hub_models)} and timm/<name>, else give a local file: --set pretrained=PATH")
+        where = f"https://huggingface.co/{timm_cfg['hf_hub_id']}" if timm_cfg.get("hf_hub_id") else timm_cfg["url"]
     try:
-        fetch()
+        if arch is not None:
+            _load_state(model, weights.get_state_dict(progress=False, check_hash=True), f"torchvision's {weights}")
+        else:
+            from timm.models import load_pretrained as timm_load_pretrained
+
+            filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+            timm_load_pretrained(model, num_classes=model.num_classes, filter_fn=filter_fn)
     except UserError:
         raise
     except Exception as exc:  # offline, a firewall, a truncated cache file

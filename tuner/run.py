@@ -156,7 +156,9 @@ def print_spaces(console: Console) -> None:
     for space in SPACES.values():
         cells = math.prod(len(v["grid_search"]) for v in space.params.values()
                           if isinstance(v, dict) and "grid_search" in v)  # Ray runs num_samples of every grid cell
-        trials = f"{space.num_samples} x {cells}" if cells > 1 and space.num_samples > 1 else str(space.num_samples * cells)
+        trials = str(space.num_samples * cells)
+        if cells > 1 and space.num_samples > 1:
+            trials = f"{space.num_samples} x {cells}"
         data = space.dataset + (f"→{space.then.dataset}" if space.then else "")  # a second stage on other data
         table.add_row(space.name, data, space.search, trials,
                       str(space.max_epochs), *((space.description,) if wide else ()))
