@@ -95,7 +95,8 @@ def test_worker_node_killed_mid_sweep(cluster, tmp_path):
         deadline = time.monotonic() + 300
         while not victims and time.monotonic() < deadline and driver.poll() is None:
             for trial, records in results_of(sweep).items():
-                if records and records[-1].get("node_id") == worker_id and records[-1]["epoch"] < 4:
+                # epoch >= 2: an earlier checkpoint is surely registered, whatever happens to the newest one
+                if records and records[-1].get("node_id") == worker_id and 2 <= records[-1]["epoch"] < 5:
                     victims.add(trial)
             time.sleep(0.1)
         assert victims, (tmp_path / "driver.log").read_text() + cluster.logs()
@@ -126,9 +127,14 @@ def test_worker_node_killed_mid_sweep(cluster, tmp_path):
     by_dir = {f"trial_{r['trial_id']}": r for r in rows}
     results = results_of(sweep)
     moved = {}  # trial -> (last epoch on the dead node, first report on the head)
+    rerun = 0  # epochs a moved trial reported on the dead node and again on the head
     for trial, records in results.items():
         epochs = [r["epoch"] for r in records]
-        assert epochs == list(range(1, 7)), (trial, epochs)  # no epoch run twice, none skipped
+        assert sorted(set(epochs)) == list(range(1, 7)), (trial, epochs)  # none skipped
+        # Ray logs a report before it registers the report's checkpoint: a node that dies in between takes that
+        # epoch with it, and the trial re-runs it from the checkpoint before. Only that one epoch may repeat.
+        assert len(epochs) - len(set(epochs)) <= 1, (trial, epochs)
+        rerun += len(epochs) - len(set(epochs))
         nodes = [r["node_id"] for r in records]
         if worker_id in nodes and nodes[-1] == head_id:
             switch = nodes.index(head_id, nodes.index(worker_id))
@@ -136,7 +142,9 @@ def test_worker_node_killed_mid_sweep(cluster, tmp_path):
             moved[trial] = (records[switch - 1]["epoch"], records[switch])
     assert victims <= set(moved), (victims, moved)
     for trial, (last_epoch, first) in moved.items():
-        assert first["restored_epoch"] == last_epoch, (trial, first)  # from its latest checkpoint, not epoch 1
+        # from its latest registered checkpoint (the last epoch, or the one before it), never from epoch 1
+        assert last_epoch - 1 <= first["restored_epoch"] <= last_epoch, (trial, last_epoch, first)
+        assert first["restored_epoch"] >= 1 and first["epoch"] == first["restored_epoch"] + 1, (trial, first)
         assert by_dir[trial]["node_id"] == head_id
     recover_s = [first["timestamp"] - killed_at for _, first in moved.values()]
 
@@ -149,10 +157,15 @@ def test_worker_node_killed_mid_sweep(cluster, tmp_path):
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")]
         assert sorted(steps) == list(range(1, 7)), steps
+    # ... and epochs.parquet, the sweep's own per-epoch table, holds each epoch of each trial once
+    epoch_table = pq.read_table(sweep / "epochs.parquet").to_pylist()
+    for row in rows:
+        assert sorted(e["epoch"] for e in epoch_table if e["trial_id"] == row["trial_id"]) == list(range(1, 7))
 
     per_node = {ip: sum(any(rec.get("node_id") == nid for rec in results[t]) for t in results)
                 for ip, nid in cluster.node_ids.items()}
     print(f"\nkilled the worker node ({len(doomed)} processes) with {sorted(moved)} running there, after epoch(s) "
           f"{[m[0] for m in moved.values()]}; trials that ran on each node: {per_node}; finished {len(rows)}/4, "
-          f"re-run {len(moved)}, restored from checkpoint {len(moved)}, duplicated 0; from the kill to the first "
+          f"re-run {len(moved)}, restored from checkpoint {len(moved)}, epochs reported twice by Ray {rerun} "
+          f"(kept once in epochs.parquet and MLflow), duplicated trials 0; from the kill to the first "
           f"epoch on the head: {', '.join(f'{s:.0f} s' for s in recover_s)}")
