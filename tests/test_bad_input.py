@@ -198,11 +198,12 @@ def test_unreachable_address(capsys, tmp_path):
 
 
 def _write_finished_looking_sweep(tmp_path: Path, space: str = "resnet_rsb") -> Path:
-    from tuner.spec import build_spec, write_spec
+    from tuner.folder import SweepFolder, SweepRecord
+    from tuner.spec import build_spec
 
     spec = build_spec(space=space, dataset="digits", storage=str(tmp_path / "sweeps"), name="old",
                       num_samples=1, max_epochs=1)
-    write_spec(spec, {"parent_run_id": "0" * 32})
+    SweepFolder(spec.sweep_dir).write_record(SweepRecord(spec, parent_run_id="0" * 32))
     return spec.sweep_dir
 
 
@@ -343,7 +344,7 @@ def test_corrupt_checkpoint_on_resume_falls_back(tmp_path):
 def test_a_deleted_latest_checkpoint_is_put_back_before_resume(tmp_path):
     """Ray's saved state may name a checkpoint Ray deleted just before the driver died; the resume puts the
     trial's newest older checkpoint in its place (or an empty folder: the trial starts again)."""
-    from tuner.sweep import restore_deleted_latest_checkpoints
+    from tuner.experiment import restore_deleted_latest_checkpoints
 
     def trial(trial_id, latest):
         return [json.dumps({"trial_id": trial_id}), json.dumps({"last_result": {"checkpoint_dir_name": latest}})]

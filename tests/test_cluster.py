@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tuner.folder import SweepFolder
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -209,7 +210,7 @@ def test_sweep_through_address_runs_trials_on_both_nodes(cluster, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr + cluster.logs()
     assert "Traceback" not in proc.stdout + proc.stderr
 
-    rows = pq.read_table(tmp_path / "sweeps" / "two-nodes" / "trials.parquet").to_pylist()
+    rows = SweepFolder(tmp_path / "sweeps" / "two-nodes").read_trials()  # checkpoints resolved where the folder is
     assert len(rows) == 4 and all(r["status"] in ("finished", "stopped") for r in rows)
     per_node = Counter(r["node_id"] for r in rows)
     assert set(per_node) == set(cluster.node_ids.values()), (per_node, cluster.node_ids)
@@ -237,8 +238,8 @@ def test_sweep_through_address_runs_trials_on_both_nodes(cluster, tmp_path):
 def test_address_forms_auto_and_ray_client(cluster):
     """`auto` (RAY_ADDRESS) and `ray://HOST:PORT` join the same cluster through start_ray; tasks run on both."""
     code = ("import ray, sys\n"
-            "from tuner.sweep import start_ray\n"
-            "assert start_ray(sys.argv[1]) is False\n"
+            "from tuner.cluster import start\n"
+            "assert start(sys.argv[1]).started_here is False\n"
             "@ray.remote(num_cpus=1)\n"
             "def where():\n"
             "    import time; time.sleep(1); return ray.get_runtime_context().get_node_id()\n"
@@ -268,9 +269,9 @@ def test_join_failures_are_one_line(cluster, tmp_path):
     wrong.write_text(secrets.token_hex(32))
     code = ("import sys\n"
             "from trainables.errors import UserError\n"
-            "from tuner.sweep import start_ray\n"
+            "from tuner.cluster import start\n"
             "try:\n"
-            "    start_ray(sys.argv[1])\n"
+            "    start(sys.argv[1])\n"
             "except UserError as exc:\n"
             "    print(exc)\n"
             "    sys.exit(2)\n")

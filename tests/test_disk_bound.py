@@ -9,7 +9,7 @@ from ray import tune
 
 from search_spaces import SPACES, SearchSpace
 from tuner.run import main
-from tuner.sweep import KEEP_CHECKPOINTS
+from tuner.experiment import KEEP_CHECKPOINTS
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from tests.conftest import REPO, run_cli
 from trainables.classify import CHECKPOINT_FILE, save_atomic, train_epochs
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
-from tuner import final
+from tuner import final, reseed
+from tuner.folder import FINAL_FILE
 
 FAST = dict(model="cnn_basic", width=0.5, image_size=16, batch_size=32, opt="adamw", lr=3e-3, max_epochs=1)
 
@@ -71,7 +72,7 @@ def test_a_truncated_best_checkpoint_gives_way_to_the_next_best(digits, tmp_path
             {**row("second", "cnn_basic", 80.0), "checkpoint": str(tmp_path / "second")}]
     (pick,), models = final.evaluate_families(rows, digits, tmp_path)
     assert pick.trial_id == "second" and pick.test.images == len(digits.test_y) and set(models) == {"cnn_basic"}
-    assert pq.read_table(tmp_path / final.FINAL_FILE).column("trial_id").to_pylist() == ["second"]
+    assert pq.read_table(tmp_path / FINAL_FILE).column("trial_id").to_pylist() == ["second"]
 
 
 def row(trial_id, model, val, status="finished", **config):
@@ -88,13 +89,13 @@ def test_best_per_family_ranks_on_validation_and_skips_failures():
 
 def test_reseed_points_and_grouping_round_trip():
     rows = [row("a", "cnn_basic", 80.0, lr=0.1), row("b", "cnn_basic", 90.0, lr=0.2), row("c", "resnet18", 70.0)]
-    points = final.reseed_points(rows, top=1, seeds=3, base_seed=5)
+    points = reseed.reseed_points(rows, top=1, seeds=3, base_seed=5)
     assert len(points) == 6 and {p["seed"] for p in points} == {1005, 2005, 3005}
     assert {(p["model"], p["lr"]) for p in points} == {("cnn_basic", 0.2), ("resnet18", 0.1)}
     copies = [{**p, "trial_id": f"r{i}"} for i, p in enumerate(points)]
-    groups = final.group_reseeds(rows, copies)
+    groups = reseed.group_reseeds(rows, copies)
     assert sorted(groups) == ["b", "c"] and all(len(v) == 3 for v in groups.values())
-    assert final.reseed_points(rows, top=1, seeds=3, base_seed=5, done={"b", "c"}) == []
+    assert reseed.reseed_points(rows, top=1, seeds=3, base_seed=5, done={"b", "c"}) == []
 
 
 # --------------------------------------------------------------------------- real sweeps
@@ -121,7 +122,7 @@ def test_reseeded_family_tested_once_and_logged(reseeded_sweep, digits):
 
     storage, server, stdout = reseeded_sweep
     sweep = storage / "base"
-    (pick,) = pq.read_table(sweep / final.FINAL_FILE).to_pylist()
+    (pick,) = pq.read_table(sweep / FINAL_FILE).to_pylist()
     copies = pq.read_table(sweep / "reseeds.parquet").to_pylist()
     assert len(copies) == 2 and {c["seed"] for c in copies} == {1000, 2000}
     assert pick["family"] == "cnn_basic" and pick["seeds"] == 2

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tuner.folder import SweepFolder
 from tests.conftest import free_port, run_cli, wait_http
 
 pytestmark = pytest.mark.integration
@@ -194,7 +195,7 @@ def test_sweep_tracked_in_mlflow_on_postgres(tmp_path, postgres, mlflow_on_postg
                    cwd=tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\nsweep with MLflow on PostgreSQL: {time.monotonic() - t0:.1f} s")
-    rows = pq.read_table(tmp_path / "sweeps" / "pg" / "trials.parquet").to_pylist()
+    rows = SweepFolder(tmp_path / "sweeps" / "pg").read_trials()  # checkpoints resolved where the folder is
     assert len(rows) == 2
 
     client = mlflow.MlflowClient(mlflow_on_postgres.uri)

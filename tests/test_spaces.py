@@ -5,6 +5,7 @@ import pytest
 from ray.tune.search.variant_generator import generate_variants
 
 from search_spaces import SPACES
+from tuner.folder import SweepFolder
 from tests.conftest import run_cli, write_image_folder
 from trainables.config import TrialConfig
 from tuner.spec import build_spec, sample_configs
@@ -103,7 +104,7 @@ def test_vit_pretrain_finetune_stage2_starts_from_stage1_best(tmp_path):
                    "--max-epochs", "1", "--storage", str(tmp_path / "sweeps"), "--name", "p",
                    "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    stage1 = pq.read_table(tmp_path / "sweeps" / "p" / "trials.parquet").to_pylist()
+    stage1 = SweepFolder(tmp_path / "sweeps" / "p").read_trials()  # checkpoints resolved where the folder is
     assert sorted(r["model"] for r in stage1) == ["resnet18", "vit_scratch"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for first in stage1:

@@ -1,11 +1,14 @@
 """Real sweeps: a real local Ray instance started by the CLI, a real `mlflow server` on 127.0.0.1."""
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from tests.conftest import MlflowServer, run_cli
+from tuner.folder import SweepFolder
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +41,10 @@ def test_quickstart_sweep_tracked_in_mlflow_server(tmp_path, own_mlflow_server):
     assert "Traceback" not in proc.stdout + proc.stderr
 
     table = pq.read_table(tmp_path / "sweeps" / "quick" / "trials.parquet").to_pylist()
+    # portable: checkpoints are stored relative to the sweep folder, and read back where the folder is now
+    assert all(r["checkpoint"] and not r["checkpoint"].startswith("/") for r in table)
+    table = SweepFolder(tmp_path / "sweeps" / "quick").read_trials()
+    assert all(os.path.isdir(r["checkpoint"]) for r in table)
     assert len(table) == 4 and REQUIRED_COLUMNS <= set(table[0]) and "lr" in table[0] and "opt" in table[0]
     assert all(r["status"] in ("finished", "stopped") and r["node_id"] for r in table)
     assert max(r["best_val_top1"] for r in table) > 40  # chance is 10
@@ -95,7 +102,7 @@ def test_asha_stops_trials_early_with_default_local_mlflow(tmp_path):
     statuses = {r.data.tags.get("trial_id"): r.info.status for r in client.search_runs([experiment.experiment_id])}
     assert all(statuses[r["trial_id"]] == "KILLED" for r in stopped)
     # every trial kept its best KEEP_CHECKPOINTS by validation, plus Ray's latest when that is not among them
-    from tuner.sweep import KEEP_CHECKPOINTS
+    from tuner.experiment import KEEP_CHECKPOINTS
 
     for trial_dir in (tmp_path / "sweeps" / "asha").glob("trial_*"):
         assert len(list(trial_dir.glob("checkpoint_*"))) <= KEEP_CHECKPOINTS + 1

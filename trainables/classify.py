@@ -32,6 +32,9 @@ from trainables.recipe import create_recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_BATCH = 512
+# What every epoch of train_epochs reports (besides "epoch" and the flags validated / diverged / early_stopped):
+# the names of epochs.parquet's columns and of each trial's MLflow metrics, stepped by epoch.
+EPOCH_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "best_val_top1", "lr", "images_per_s", "epoch_s")
 
 
 def train_classifier(config: dict[str, Any], data: ImageSplits) -> None:

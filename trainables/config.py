@@ -18,49 +18,63 @@ from trainables.errors import UserError
 HUB = "hub"  # pretrained=hub: the model's published weights, fetched and cached by timm or torchvision
 
 
-def _knob(default: Any, help: str, *, choices: tuple | None = None,
-          min: float | None = None, max: float | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+# Tags say what a knob is to the rest of the tool, so no module keeps its own list of keys:
+ARCHITECTURE = "architecture"  # shapes the network: a checkpoint loads only into the same values (stages, preflight)
+MEMORY = "memory"  # changes a training step's memory (packing measures one config per combination)
+LOG_SCALE = "log_scale"  # spans orders of magnitude: drawn and modelled on a log axis (the report)
+PROVENANCE = "provenance"  # says where a trial came from, not how it trains (seed, weights): never a searched axis
+TAGS = (ARCHITECTURE, MEMORY, LOG_SCALE, PROVENANCE)
+SHAPE = (ARCHITECTURE, MEMORY)  # every architecture knob changes memory too
+
+
+def _knob(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+          max: float | None = None, tags: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max,
+                                            "tags": frozenset(tags)})
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # model
-    model: str = _knob("resnet18", "model name: a registered one (see trainables.models) or timm/<name>")
-    width: float = _knob(1.0, "channel width multiplier of the built-in CIFAR nets", min=0.05, max=8.0)
+    model: str = _knob("resnet18", "model name: a registered one (see trainables.models) or timm/<name>", tags=SHAPE)
+    width: float = _knob(1.0, "channel width multiplier of the built-in CIFAR nets", min=0.05, max=8.0, tags=SHAPE)
     drop_rate: float = _knob(0.0, "dropout before the classifier", min=0.0, max=0.95)
     drop_path: float = _knob(0.0, "stochastic depth (drop-path) rate", min=0.0, max=0.95)
-    vit_patch: int = _knob(4, "vit_scratch: patch size in pixels (must divide the image size)", min=1, max=64)
-    vit_depth: int = _knob(6, "vit_scratch: number of transformer blocks", min=1, max=48)
-    vit_dim: int = _knob(192, "vit_scratch: embedding width (a multiple of vit_heads)", min=8, max=4096)
-    vit_heads: int = _knob(3, "vit_scratch: attention heads", min=1, max=64)
-    vit_mlp_dim: int = _knob(0, "vit_scratch: hidden width of the MLP blocks (0: 4 x vit_dim)", min=0, max=16_384)
+    vit_patch: int = _knob(4, "vit_scratch: patch size in pixels (must divide the image size)", min=1, max=64,
+                           tags=SHAPE)
+    vit_depth: int = _knob(6, "vit_scratch: number of transformer blocks", min=1, max=48, tags=SHAPE)
+    vit_dim: int = _knob(192, "vit_scratch: embedding width (a multiple of vit_heads)", min=8, max=4096, tags=SHAPE)
+    vit_heads: int = _knob(3, "vit_scratch: attention heads", min=1, max=64, tags=SHAPE)
+    vit_mlp_dim: int = _knob(0, "vit_scratch: hidden width of the MLP blocks (0: 4 x vit_dim)", min=0, max=16_384,
+                             tags=SHAPE)
     # pretrained weights (a local file; nothing is downloaded)
     pretrained: str = _knob("", "weights to start from: a local .safetensors/.pt/.pth state dict, a folder holding "
                                 "<model>.safetensors|.pth|.pt, or 'hub' for the model's published weights through "
                                 "timm/torchvision (downloaded once into their caches); '': random init. Another class "
-                                "count's head is re-initialised")
-    freeze_backbone: bool = _knob(False, "train only the classifier head (backbone weights and BN statistics fixed)")
+                                "count's head is re-initialised", tags=(PROVENANCE,))
+    freeze_backbone: bool = _knob(False, "train only the classifier head (backbone weights and BN statistics fixed)",
+                                  tags=(MEMORY,))
     layer_decay: float = _knob(0.0, "layer-wise LR decay factor, e.g. 0.75 (timm layer_decay; 0: off)", min=0.0,
                                max=1.0)
     # schedule and batch
     max_epochs: int = _knob(10, "epochs of the LR schedule; ASHA may stop a trial sooner (CLI: --max-epochs)", min=1,
                             max=10_000)
-    batch_size: int = _knob(128, "training batch size", min=2, max=65_536)
+    batch_size: int = _knob(128, "training batch size", min=2, max=65_536, tags=(MEMORY,))
     val_every: int = _knob(1, "validate every this many epochs, and always on the last one", min=1, max=10_000)
     patience: int = _knob(0, "stop early after this many validations without a new best val_top1 (0: off)", min=0,
                           max=10_000)
     # optimizer (timm create_optimizer_v2)
-    opt: str = _knob("adamw", "optimizer", choices=("sgd", "adamw", "lamb"))
-    lr: float = _knob(1e-3, "peak learning rate", min=1e-8, max=10.0)
-    weight_decay: float = _knob(0.05, "decoupled weight decay (not on biases and norms)", min=0.0, max=10.0)
+    opt: str = _knob("adamw", "optimizer", choices=("sgd", "adamw", "lamb"), tags=(MEMORY,))
+    lr: float = _knob(1e-3, "peak learning rate", min=1e-8, max=10.0, tags=(LOG_SCALE,))
+    weight_decay: float = _knob(0.05, "decoupled weight decay (not on biases and norms)", min=0.0, max=10.0,
+                                tags=(LOG_SCALE,))
     momentum: float = _knob(0.9, "SGD momentum", min=0.0, max=0.9999)
     nesterov: bool = _knob(False, "Nesterov momentum for SGD")
     grad_clip: float = _knob(0.0, "clip the gradient norm to this value (0: off)", min=0.0)
     # learning-rate schedule (timm create_scheduler_v2), stepped every update
     sched: str = _knob("cosine", "learning-rate schedule", choices=("cosine", "step", "exponential", "constant"))
     warmup_epochs: float = _knob(0.0, "linear warmup length in epochs", min=0.0, max=1000.0)
-    min_lr: float = _knob(0.0, "floor of the cosine schedule", min=0.0)
+    min_lr: float = _knob(0.0, "floor of the cosine schedule", min=0.0, tags=(LOG_SCALE,))
     gamma: float = _knob(0.97, "decay factor of the step/exponential schedules", min=1e-6, max=1.0)
     step_epochs: int = _knob(30, "epochs between decays of the step schedule", min=1)
     # loss and label mixing (timm losses and Mixup)
@@ -75,7 +89,8 @@ class TrialConfig:
     augment: bool = _knob(True, "master switch: false turns off every image augmentation below (an ablation axis)")
     crop_padding: int = _knob(4, "random-crop padding in pixels (0: no crop)", min=0, max=64)
     hflip: bool = _knob(True, "random horizontal flip")
-    image_size: int = _knob(0, "resize images to this size on the device (0: the data set's size)", min=0, max=1024)
+    image_size: int = _knob(0, "resize images to this size on the device (0: the data set's size)", min=0, max=1024,
+                            tags=SHAPE)
     rotation: float = _knob(0.0, "random rotation by up to this many degrees either way (0: off)", min=0.0, max=180.0)
     randaugment_magnitude: float = _knob(0.0, "RandAugment magnitude on torchvision's 0-30 scale, e.g. 9 (0: off)",
                                          min=0.0, max=30.0)
@@ -88,14 +103,21 @@ class TrialConfig:
     repeat_aug: int = _knob(1, "repeated augmentation: each epoch shows n/k images k times each, differently augmented, "
                                "in the same batch (DeiT; RSB A1/A2 use 3; 1: off)", min=1, max=16)
     # runtime
-    seed: int = _knob(0, "trial seed (weights init, data order, augmentation)", min=0)
-    amp: bool = _knob(True, "bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = _knob(True, "channels_last memory format on CUDA (ignored on CPU)")
-    compile: bool = _knob(False, "torch.compile the model")
+    seed: int = _knob(0, "trial seed (weights init, data order, augmentation)", min=0, tags=(PROVENANCE,))
+    amp: bool = _knob(True, "bf16 autocast on CUDA (ignored on CPU)", tags=(MEMORY,))
+    channels_last: bool = _knob(True, "channels_last memory format on CUDA (ignored on CPU)", tags=(MEMORY,))
+    compile: bool = _knob(False, "torch.compile the model", tags=(MEMORY,))
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def tagged(cls, tag: str) -> tuple[str, ...]:
+        """The keys carrying `tag` (ARCHITECTURE, MEMORY, LOG_SCALE, PROVENANCE), in field order."""
+        if tag not in TAGS:
+            raise ValueError(f"unknown knob tag {tag!r}; tags: {', '.join(TAGS)}")
+        return tuple(f.name for f in dataclasses.fields(cls) if tag in f.metadata["tags"])
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "TrialConfig":

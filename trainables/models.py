@@ -380,10 +380,3 @@ def _load_failure(file: str, error: BaseException) -> str:
     if isinstance(error, PermissionError):
         return error_line(error)
     return f"not a PyTorch (torch.save) or safetensors weights file, or a truncated one ({error_line(error)})"
-
-
-def forward_backward_smoke(model: nn.Module, num_classes: int, image_size: int = 32, batch: int = 2) -> None:
-    """One tiny training step on CPU: proves a config builds and trains before a sweep starts."""
-    x = torch.randn(batch, 3, image_size, image_size)
-    loss = nn.functional.cross_entropy(model(x), torch.arange(batch) % num_classes)
-    loss.backward()

@@ -1,6 +1,7 @@
-"""`--dry-run`: sample a few configs, build each model, run one training step on a tiny CPU batch, print a table.
+"""Models built before any trial runs: `--dry-run`'s table, and the preflight every sweep makes on the driver.
 
-Touches no data files, starts no Ray and writes nothing to MLflow: a space's configs are checked in seconds.
+`--dry-run` samples a few configs, builds each model and runs one training step on a tiny CPU batch; it touches
+no data files, starts no Ray and writes nothing to MLflow, so a space's configs are checked in seconds.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from trainables.config import TrialConfig
+from trainables.config import ARCHITECTURE, TrialConfig
 from trainables.data import KNOWN_SHAPES
 from trainables.models import count_parameters
 from tuner.spec import SweepSpec, sample_configs
@@ -61,3 +62,17 @@ def step_activation_bytes(model: torch.nn.Module, num_classes: int, size: int) -
 
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def preflight_models(spec: SweepSpec, num_classes: int, image_size: int, samples: int = 8) -> None:
+    """Build each distinct model a sweep samples (and load its pretrained weights) on the driver, so a model that
+    cannot be built or a weights file that does not fit is one clear line now, not a failed trial later."""
+    from trainables.classify import build_model
+
+    seen = set()
+    for config in sample_configs(spec, samples):
+        cfg = TrialConfig.from_dict(config)
+        key = tuple(getattr(cfg, k) for k in TrialConfig.tagged(ARCHITECTURE)) + (cfg.pretrained,)
+        if key not in seen:
+            seen.add(key)
+            build_model(cfg, num_classes, torch.device("cpu"), cfg.image_size or image_size)

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import logging
 import math
-import re
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from tuner.results import COMPLETED, write_atomic
+from tuner.folder import SweepFolder, confusion_file
+from tuner.results import COMPLETED
 
 log = logging.getLogger(__name__)
-
-FINAL_FILE = "final.parquet"
 
 
 @dataclass
@@ -115,10 +113,6 @@ def plot_confusion(test: TestResult, classes: list[str], title: str, path: Path)
     return path
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
-
-
 @dataclass
 class FamilyResult:
     """A family's pick: its trial (or, with --reseed, the re-trained config) and the test figures."""
@@ -155,22 +149,15 @@ class FamilyResult:
                 "test_top1_mean": self.test_top1_mean, "test_top1_std": self.test_top1_std}
 
 
-FINAL_SCHEMA = pa.schema([
-    ("family", pa.string()), ("trial_id", pa.string()), ("searched_trial_id", pa.string()), ("model", pa.string()),
-    ("checkpoint", pa.string()), ("val_top1", pa.float64()), ("test_top1", pa.float64()),
-    ("test_top5", pa.float64()), ("test_loss", pa.float64()), ("test_images", pa.int64()),
-    ("per_class_top1", pa.list_(pa.float64())), ("classes", pa.list_(pa.string())), ("confusion_png", pa.string()),
-    ("seeds", pa.int64()), ("val_top1_mean", pa.float64()), ("val_top1_std", pa.float64()),
-    ("test_top1_mean", pa.float64()), ("test_top1_std", pa.float64())])
-
-
-def evaluate_families(rows: list[dict], splits, sweep_dir: Path,
+def evaluate_families(rows: list[dict], splits, folder: SweepFolder | os.PathLike,
                       reseeded: dict[str, list[dict]] | None = None) -> tuple[list[FamilyResult], dict[str, Any]]:
-    """Test each family's pick once; write final.parquet and the confusion PNGs. Returns results and models.
+    """Test each family's pick once; write final.parquet and the confusion PNGs into the sweep folder. Returns
+    the results and the tested models (on CPU), by family.
 
     `reseeded`: searched trial_id -> rows of its re-trained copies. With it, a family's pick is the config with
     the best mean validation top-1 over its new seeds; each copy is tested once and reported as mean ± std.
     """
+    folder = folder if isinstance(folder, SweepFolder) else SweepFolder(folder)
     finals, models = [], {}
     for family, leaders in best_per_family(rows, top=len(rows)).items():
         if reseeded:
@@ -198,50 +185,14 @@ def evaluate_families(rows: list[dict], splits, sweep_dir: Path,
             pick, (model, test) = found
             extra = dict(searched_trial_id=pick["trial_id"], val_top1_mean=pick["best_val_top1"],
                          test_top1_mean=test.top1)
-        png = f"confusion-{slug(family)}.png"
+        png = confusion_file(family)
         plot_confusion(test, splits.classes, f"{family} (trial {pick['trial_id']}): test top-1 {test.top1:.2f}",
-                       sweep_dir / png)
+                       folder.file(png))
         finals.append(FamilyResult(family, pick["trial_id"], pick["checkpoint"], pick["best_val_top1"], test, png,
                                    **extra))
         models[family] = model
-    write_atomic(pa.Table.from_pylist([f.row(splits.classes) for f in finals], schema=FINAL_SCHEMA),
-                 sweep_dir / FINAL_FILE)
+    folder.write_final([f.row(splits.classes) for f in finals])
     return finals, models
-
-
-def reseed_points(rows: list[dict], top: int, seeds: int, base_seed: int,
-                  done: set[str] = frozenset()) -> list[dict[str, Any]]:
-    """Configs to re-train: each family's `top` best trials (but those in `done`), each with `seeds` new seeds."""
-    points = []
-    for leaders in best_per_family(rows, top=top).values():
-        for leader in leaders:
-            if leader["trial_id"] in done:
-                continue
-            config = _config_of(leader)
-            points += [{**config, "seed": base_seed + 1000 * k} for k in range(1, seeds + 1)]
-    return points
-
-
-def group_reseeds(rows: list[dict], reseed_rows: list[dict]) -> dict[str, list[dict]]:
-    """searched trial_id -> the re-trained copies of its config (matched on every config key but the seed)."""
-    by_config = {_config_key(row): row["trial_id"] for row in rows}
-    groups: dict[str, list[dict]] = {}
-    for copy in reseed_rows:
-        origin = by_config.get(_config_key(copy))
-        if origin is not None:
-            copy["reseed_of"] = origin
-            groups.setdefault(origin, []).append(copy)
-    return groups
-
-
-def _config_of(row: dict) -> dict[str, Any]:
-    from trainables.config import TrialConfig
-
-    return {k: row[k] for k in TrialConfig.keys() if row.get(k) is not None}
-
-
-def _config_key(row: dict) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in _config_of(row).items() if k != "seed"))
 
 
 def _test_readable(row: dict, splits) -> tuple[Any, TestResult] | None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 
-from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from tuner.callbacks import DriverCallback
 
-class LiveProgress(Callback):
+
+class LiveProgress(DriverCallback):
     """A live table on a terminal; one line per finished trial elsewhere (CI logs, pipes)."""
+
+    role = "progress"
 
     def __init__(self, console: Console, metric: str, total: int | None) -> None:
         self.console = console
@@ -21,15 +24,6 @@ class LiveProgress(Callback):
         self.started = time.monotonic()
         self.live: Live | None = None
         self._last_draw = 0.0
-
-    def __getstate__(self) -> dict:
-        # Ray pickles callbacks with the experiment (for --resume); a terminal handle does not travel.
-        return {**self.__dict__, "console": None, "live": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.console = self.console or Console()
-        self.started = time.monotonic()
 
     def setup(self, **info) -> None:
         if self.console.is_terminal:

@@ -1,14 +1,18 @@
-"""SweepSpec: everything one sweep needs, validated before anything is started or written."""
+"""SweepSpec: everything one sweep needs, validated before anything is started or written.
+
+Its fields carry their command-line flags (`Flag`): tuner.run generates its parser from them, and build_spec
+takes the parsed values by the same names, so a flag is written once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.search.sample import Domain
 
@@ -17,28 +21,62 @@ from trainables.config import HUB, TrialConfig, parse_value
 from trainables.data import DATASETS
 from trainables.errors import UserError
 
-SPEC_FILE = "sweep.json"  # in STORAGE/NAME: the spec and the MLflow parent run, for --resume
+@dataclass(frozen=True)
+class Flag:
+    """How a SweepSpec field is given on the command line: the parser is generated from these (tuner.run)."""
+
+    help: str
+    default: Any = None  # the command line's default (None: the space's, or resolved by build_spec)
+    type: Callable[[str], Any] | None = None  # argparse's conversion; the rest is checked by build_spec
+    metavar: str | None = None
+    name: str | None = None  # the flag (default: --field-name)
+    dest: str | None = None  # build_spec's keyword (default: the field name)
+    append: bool = False  # repeatable
+
+    def add_to(self, parser: argparse.ArgumentParser, field_name: str) -> None:
+        kwargs: dict[str, Any] = {"help": self.help, "metavar": self.metavar, "dest": self.dest or field_name}
+        if self.append:
+            kwargs.update(action="append", default=[])
+        else:
+            kwargs.update(default=self.default, type=self.type)
+        parser.add_argument(self.name or "--" + field_name.replace("_", "-"), **kwargs)
+
+
+def _field(default: Any, flag: Flag | None = None) -> Any:
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**kind, metadata={"flag": flag} if flag else {})
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    space: str
-    dataset: str
-    num_samples: int
-    max_epochs: int
-    storage: str  # absolute path; the sweep lives in storage/name
-    name: str
-    data_dir: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)  # from --set, already typed
-    gpus_per_trial: float | str = 0.0  # or "auto": measured and packed when the sweep starts (tuner.packing)
-    cpus_per_trial: float = 1.0
-    max_concurrent: int | None = None
-    address: str | None = None
-    mlflow_uri: str | None = None
-    seed: int = 0
-    reseed: int = 0  # re-train each family's top configs with this many new seeds before the test (0: off)
-    reseed_top: int = 3
-    warm_start: str | None = None  # an earlier sweep's folder whose best configs run first
+    """One sweep, every value resolved and checked. Field order is the order of the flags in --help."""
+
+    space: str = _field("", Flag("search space name (see --list-spaces)"))
+    dataset: str = _field("", Flag("cifar10 | cifar100 | digits | folder (default: the space's)"))
+    data_dir: str | None = _field(None, Flag("folder holding the data set (CIFAR files, or an image folder)"))
+    num_samples: int = _field(0, Flag("number of trials (default: the space's)", type=int))
+    max_epochs: int = _field(0, Flag("epochs per trial, the ASHA budget (default: the space's)", type=int))
+    overrides: dict[str, Any] = _field(dict, Flag(  # from --set, typed
+        "pin a trial-config key, e.g. --set lr=3e-3 (repeatable)", name="--set", dest="sets", metavar="KEY=VALUE",
+        append=True))
+    gpus_per_trial: float | str = _field(0.0, Flag(  # "auto": measured and packed when the sweep starts
+        "GPUs per trial; 0.25 packs 4 trials per GPU; auto measures a training step and packs as many as fit",
+        default="0", metavar="F|auto"))
+    cpus_per_trial: float = _field(1.0, Flag("CPUs per trial (default 1)", default=1.0, type=float))
+    max_concurrent: int | None = _field(None, Flag("at most this many trials at once", type=int))
+    address: str | None = _field(None, Flag("join a running Ray cluster (auto, HOST:PORT, ray://HOST:PORT)"))
+    mlflow_uri: str | None = _field(None, Flag("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                               "./mlflow.db)"))
+    storage: str = _field("", Flag("folder for sweep results, shared by every node on a cluster (default ./sweeps)",
+                                   default="sweeps"))  # absolute; the sweep lives in storage/name
+    name: str = _field("", Flag("sweep name (default: SPACE-DATASET-TIME)"))
+    seed: int = _field(0, Flag("seed of the searcher and of the trials", default=0, type=int))
+    warm_start: str | None = _field(None, Flag(  # an earlier sweep's folder whose best configs run first
+        "run the best configs of an earlier sweep (its STORAGE/NAME folder) first", metavar="SWEEP_DIR"))
+    reseed: int = _field(0, Flag("re-train each model's top configs with K new seeds; pick and report mean ± std",
+                                 default=0, type=int, metavar="K"))
+    reseed_top: int = _field(3, Flag("configs per model to re-train (3)", default=3, type=int, metavar="N"))
+    then_dataset: str | None = _field(None)  # a two-stage space's stage-2 data set: --dataset if given, else its own
 
     @property
     def sweep_dir(self) -> Path:
@@ -61,11 +99,28 @@ class SweepSpec:
                 (isinstance(v, dict) and "grid_search" in v)]
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Without storage and name: a sweep folder's own place says where it is (copies and moves keep working)."""
+        data = dataclasses.asdict(self)
+        del data["storage"], data["name"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
-        return cls(**data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Every SweepSpec flag, in field order."""
+    for f in dataclasses.fields(SweepSpec):
+        if "flag" in f.metadata:
+            f.metadata["flag"].add_to(parser, f.name)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """build_spec's keyword arguments from parsed flags."""
+    return {flag.dest or f.name: getattr(args, flag.dest or f.name) for f in dataclasses.fields(SweepSpec)
+            if (flag := f.metadata.get("flag"))}
 
 
 def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None = None,
@@ -78,6 +133,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
     chosen = get_space(space)
     if chosen is None:
         raise UserError(f"unknown space '{space}'; known spaces: {', '.join(sorted(SPACES))} (see --list-spaces)")
+    then_dataset = (dataset or chosen.then.dataset) if chosen.then is not None else None
     dataset = dataset or chosen.dataset
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
@@ -99,11 +155,8 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
     max_epochs = overrides.get("max_epochs", chosen.max_epochs)
     if reseed < 0 or reseed_top < 1:
         raise UserError(f"--reseed must be >= 0 and --reseed-top >= 1, got {reseed} and {reseed_top}")
-    if warm_start is not None:
+    if warm_start is not None:  # its trials are read (and checked) by tuner.experiment.warm_start_points
         warm_start = str(Path(warm_start).expanduser().resolve())
-        if not (Path(warm_start) / "trials.parquet").is_file():
-            raise UserError(f"--warm-start {warm_start}: no trials.parquet there; name a finished sweep's folder "
-                            f"(STORAGE/NAME)")
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent must be a positive integer, got {max_concurrent}")
     gpus_per_trial = parse_gpus(gpus_per_trial)
@@ -117,7 +170,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
         overrides=overrides, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed, reseed=reseed,
-        reseed_top=reseed_top, warm_start=warm_start)
+        reseed_top=reseed_top, warm_start=warm_start, then_dataset=then_dataset)
     validate_trial_configs(spec)
     return spec
 
@@ -198,23 +251,3 @@ def check_storage_writable(spec: SweepSpec) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(f"--storage {spec.storage} is not writable ({existing} is not a writable folder); choose a "
                         f"folder you can write to")
-
-
-def write_spec(spec: SweepSpec, extra: dict[str, Any]) -> None:
-    path = spec.sweep_dir / SPEC_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"spec": spec.to_json(), **extra}, indent=2))
-    os.replace(tmp, path)
-
-
-def read_spec(sweep_dir: Path) -> tuple[SweepSpec, dict[str, Any]]:
-    path = sweep_dir / SPEC_FILE
-    if not path.is_file():
-        raise UserError(f"no sweep to resume at {sweep_dir}; check --storage and --name (or drop --resume)")
-    try:
-        data = json.loads(path.read_text())
-        spec = SweepSpec.from_json(data.pop("spec"))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}); the sweep cannot be resumed") from None
-    return spec, data

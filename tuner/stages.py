@@ -1,51 +1,106 @@
-"""Two-stage spaces: a sweep, then one follow-up sweep per model family starting from that family's best weights."""
+"""Two-stage spaces: stage 1 as a sweep, then per model family a stage-2 sweep from that family's best checkpoint.
+
+The stage-1 sweep's record lists its stage-2 sweeps (family -> sweep name and the stage-1 trial it starts from),
+written before each starts, so `--resume` finishes the stage-2 sweeps a kill interrupted and starts those that
+never began, and `--add-trials` (which may change a family's best trial) starts a new stage-2 sweep only for a
+family whose best changed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from trainables.classify import CHECKPOINT_FILE
+from trainables.config import ARCHITECTURE, TrialConfig
+from tuner import cluster
 from tuner.final import best_per_family
+from tuner.folder import Sweep, SweepFolder, slug
 from tuner.spec import SweepSpec, validate_trial_configs
-from tuner.sweep import SweepOutcome, run_sweep, start_ray
+from tuner.sweep import run_sweep
 
-# What makes a checkpoint loadable: carried from the stage-1 winner into its stage-2 sweep.
-ARCHITECTURE_KEYS = ("model", "width", "vit_patch", "vit_depth", "vit_dim", "vit_heads", "vit_mlp_dim", "image_size")
+CARRIED = ("max_epochs", "seed")  # --set keys of stage 1 that stage 2 keeps
 
 
-def run_stages(spec: SweepSpec, console: Console, dataset_given: bool) -> list[SweepOutcome]:
-    """Stage 1 as a sweep; for each model family, stage 2 as a sweep whose trials start from its best checkpoint.
-
-    The stage-2 data set is the stage-2 space's own unless the user named one (then both stages use it).
-    """
-    import ray
-
-    started = start_ray(spec.address)  # one Ray instance for every stage
-    try:
-        first = run_sweep(spec, console=console)
+def run_stages(spec: SweepSpec, console: Console, *, resume: bool = False, add_trials: int = 0) -> list[Sweep]:
+    """Stage 1, then each family's stage 2, on one Ray instance; every stage's sweep as read back at its end."""
+    with cluster.connect(spec.address):
+        first = _stage_one(spec, console, resume=resume, add_trials=add_trials)
         outcomes = [first]
-        stage2 = spec.search_space.then
-        for family, (row,) in best_per_family(first.rows).items():
-            checkpoint = str(Path(row["checkpoint"]) / CHECKPOINT_FILE)
-            carried = {k: row[k] for k in ARCHITECTURE_KEYS if row.get(k) is not None}
-            next_spec = dataclasses.replace(
-                spec, space=stage2.name, name=f"{spec.name}-stage2-{family}",
-                dataset=spec.dataset if dataset_given else stage2.dataset,
-                max_epochs=spec.overrides.get("max_epochs", stage2.max_epochs),
-                overrides={**carried, **{k: v for k, v in spec.overrides.items() if k in ("max_epochs", "seed")},
-                           "pretrained": checkpoint})
-            validate_trial_configs(next_spec)
-            console.print(f"[bold]stage 2[/bold] for {family}: from trial {row['trial_id']} "
-                          f"(val top-1 {row['best_val_top1']:.2f}), {checkpoint}")
-            tags = {"stage1.parent_run_id": first.parent_run_id, "stage1.trial_id": row["trial_id"],
-                    "stage1.checkpoint": checkpoint}
-            if first.winner and first.winner["trial_id"] == row["trial_id"] and first.model_uri:
-                tags["stage1.registered_model"] = first.model_uri
-            outcomes.append(run_sweep(next_spec, console=console, extra_tags=tags))
+        for family, (row,) in best_per_family(first.trials).items():
+            outcomes.append(_stage_two(first, family, row, console))
+            first = first.folder.load()  # its record now lists this family's stage 2
         return outcomes
-    finally:
-        if started:
-            ray.shutdown()
+
+
+def pending_stages(first: Sweep) -> list[str]:
+    """The families of a finished stage 1 whose stage-2 sweep has not run to its end (or not started)."""
+    pending = []
+    for family, (row,) in best_per_family(first.trials).items():
+        entry = first.record.stage2.get(family)
+        folder = SweepFolder(first.path.parent / entry["name"]) if entry else None
+        if not (entry and entry["from_trial"] == row["trial_id"] and folder.has_record()
+                and folder.read_record().completed):
+            pending.append(family)
+    return pending
+
+
+def stage2_spec(spec: SweepSpec, name: str, row: dict[str, Any]) -> SweepSpec:
+    """The stage-2 sweep of the family of stage-1 trial `row`: the stage-2 space, that trial's architecture and
+    weights, and none of stage 1's warm start or reseeding (they were about stage 1's search)."""
+    stage2 = spec.search_space.then
+    carried = {k: row[k] for k in TrialConfig.tagged(ARCHITECTURE) if row.get(k) is not None}
+    next_spec = dataclasses.replace(
+        spec, space=stage2.name, name=name, dataset=spec.then_dataset or stage2.dataset, then_dataset=None,
+        max_epochs=spec.overrides.get("max_epochs", stage2.max_epochs), warm_start=None, reseed=0,
+        overrides={**carried, **{k: v for k, v in spec.overrides.items() if k in CARRIED},
+                   "pretrained": str(Path(row["checkpoint"]) / CHECKPOINT_FILE)})
+    validate_trial_configs(next_spec)
+    return next_spec
+
+
+def _stage_one(spec: SweepSpec, console: Console, *, resume: bool, add_trials: int) -> Sweep:
+    folder = SweepFolder(spec.sweep_dir)
+    if resume and folder.read_record().completed:
+        return folder.load()  # stage 1 is done: only stage-2 sweeps may be left
+    return run_sweep(spec, resume=resume, add_trials=add_trials, console=console)
+
+
+def _stage_two(first: Sweep, family: str, row: dict[str, Any], console: Console) -> Sweep:
+    """Finish, start or reuse the family's stage-2 sweep (recorded in stage 1's record before it starts)."""
+    entry = first.record.stage2.get(family)
+    if entry and entry["from_trial"] == row["trial_id"]:
+        folder = SweepFolder(first.path.parent / entry["name"])
+        if folder.has_record():
+            record = folder.read_record()
+            if record.completed:
+                return folder.load()
+            console.print(f"[bold]stage 2[/bold] for {family}: resuming {entry['name']}")
+            return run_sweep(record.spec, resume=True, console=console)
+        name = entry["name"]  # recorded, then killed before its own record was written: start it now
+    else:
+        name = stage2_name(first.path.parent, first.name, family)
+        stages = {**first.record.stage2, family: {"name": name, "from_trial": row["trial_id"]}}
+        first.folder.write_record(dataclasses.replace(first.record, stage2=stages))
+    spec = stage2_spec(first.spec, name, row)
+    console.print(f"[bold]stage 2[/bold] for {family}: from trial {row['trial_id']} "
+                  f"(val top-1 {row['best_val_top1']:.2f}), {spec.overrides['pretrained']}")
+    tags = {"stage1.parent_run_id": first.record.parent_run_id, "stage1.trial_id": row["trial_id"],
+            "stage1.checkpoint": spec.overrides["pretrained"]}
+    if first.record.winner == row["trial_id"] and first.record.model_uri:
+        tags["stage1.registered_model"] = first.record.model_uri
+    return run_sweep(spec, console=console, extra_tags=tags)
+
+
+def stage2_name(storage: Path, stage1_name: str, family: str) -> str:
+    """NAME-stage2-FAMILY as one folder name (timm/<name> families too), with -2, -3 ... when a sweep of that name
+    exists (a family whose best trial changed when stage 1 grew)."""
+    base = f"{stage1_name}-stage2-{slug(family)}"
+    name, k = base, 1
+    while (storage / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name

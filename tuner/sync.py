@@ -4,51 +4,32 @@ what is missing (after an MLflow outage, or into another tracking server). Safe 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from trainables.errors import UserError
-from tuner import tracking
-from tuner.final import FINAL_FILE, FamilyResult
-from tuner.results import RESEEDS_FILE, TRIALS_FILE
-from tuner.spec import read_spec, write_spec
+from tuner import cli, tracking
+from tuner.final import FamilyResult
+from tuner.folder import RESEED_DIR, Sweep, SweepFolder
 
 
 def sync(sweep_dir: Path, mlflow_uri: str | None = None) -> dict[str, int]:
     """Make MLflow hold one child run per trial with every reported epoch; returns what was added."""
-    import pyarrow.parquet as pq
-
-    spec, record = read_spec(sweep_dir)
-    uri = mlflow_uri or record.get("tracking_uri")
-    client = tracking.connect(uri)
-    parent_run_id = record["parent_run_id"]
-    try:
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
-    except Exception:  # noqa: BLE001 - the parent is not on this server (another server, or a wiped store)
-        parent_run_id = tracking.start_parent_run(client, experiment=spec.space, run_name=spec.name,
-                                                  tags={"space": spec.space, "dataset": spec.dataset,
-                                                        "sweep_dir": str(sweep_dir), "synced": "true"},
-                                                  params={"num_samples": spec.num_samples,
-                                                          "max_epochs": spec.max_epochs})
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
-        write_spec(spec, {**record, "parent_run_id": parent_run_id, "tracking_uri": tracking.current_uri()})
-    statuses = {}
-    for table in (TRIALS_FILE, RESEEDS_FILE):  # the searched trials, and --reseed's re-trained copies
-        if (sweep_dir / table).exists():
-            statuses.update({r["trial_id"]: r for r in pq.read_table(sweep_dir / table).to_pylist()})
+    folder = SweepFolder(sweep_dir)
+    sweep = folder.load(need_trials=False)
+    client = tracking.connect(mlflow_uri or sweep.record.tracking_uri)
+    parent_run_id, experiment_id = _parent_run(sweep, client)
+    statuses = {r["trial_id"]: r for r in sweep.trials + sweep.reseeds}  # when written: the sweep's trials
     added = {"runs": 0, "epochs": 0, "closed": 0}
     # the first round's trials, then those of each --add-trials round (more-N/) and of --reseed (reseed*/)
-    for trial_dir in sorted(sweep_dir.glob("trial_*")) + sorted(sweep_dir.glob("*/trial_*")):
+    for trial_dir in sorted(folder.path.glob("trial_*")) + sorted(folder.path.glob("*/trial_*")):
         results = _results(trial_dir)
         if not results or (statuses and results[-1]["trial_id"] not in statuses):
-            continue  # the Parquet tables, when written, are the list of the sweep's trials
+            continue
         trial_id = results[-1]["trial_id"]
         had_run = tracking.trial_run_id(client, parent_run_id, trial_id) is not None
         config = json.loads((trial_dir / "params.json").read_text())
-        tags = {"sweep.role": "reseed"} if trial_dir.parent.name.startswith("reseed") else None
+        tags = {"sweep.role": "reseed"} if trial_dir.parent.name.startswith(RESEED_DIR) else None
         run_id = tracking.ensure_trial_run(client, experiment_id, parent_run_id, trial_id, config, tags)
         added["runs"] += not had_run
         logged = tracking.logged_epochs(client, run_id)
@@ -62,21 +43,41 @@ def sync(sweep_dir: Path, mlflow_uri: str | None = None) -> dict[str, int]:
             added["closed"] += 1
     if statuses:
         tracking.retire_lost_runs(client, parent_run_id, set(statuses))
+    added["closed"] += _sync_outcome(sweep, client, parent_run_id)
+    return added
+
+
+def _parent_run(sweep: Sweep, client) -> tuple[str, str]:
+    """The sweep's parent run on this server; created (and recorded) when the server does not have it."""
+    record, spec = sweep.record, sweep.spec
+    try:
+        return record.parent_run_id, client.get_run(record.parent_run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - the parent is not on this server (another server, or a wiped store)
+        parent_run_id = tracking.start_parent_run(
+            client, experiment=spec.space, run_name=spec.name,
+            tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(sweep.path), "synced": "true"},
+            params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs})
+        sweep.folder.write_record(dataclasses.replace(record, parent_run_id=parent_run_id,
+                                                      tracking_uri=tracking.current_uri()))
+        return parent_run_id, client.get_run(parent_run_id).info.experiment_id
+
+
+def _sync_outcome(sweep: Sweep, client, parent_run_id: str) -> int:
+    """The test figures and the winner on the parent run, and the parent closed once the sweep completed."""
     parent_metrics = client.get_run(parent_run_id).data.metrics
-    if (sweep_dir / FINAL_FILE).exists():
-        finals = [FamilyResult.from_row(r) for r in pq.read_table(sweep_dir / FINAL_FILE).to_pylist()]
-        if any(f"test_top1.{f.family}" not in parent_metrics for f in finals):
-            tracking.log_finals(client, parent_run_id, finals, sweep_dir)
-    test = record.get("test")
+    finals = [FamilyResult.from_row(r) for r in sweep.final or []]
+    if any(f"test_top1.{f.family}" not in parent_metrics for f in finals):
+        tracking.log_finals(client, parent_run_id, finals, sweep.path)
+    test, winner = sweep.record.test, sweep.record.winner
     if test and "test_top1" not in parent_metrics:
         for key in ("top1", "top5", "loss"):
             client.log_metric(parent_run_id, f"test_{key}", test[key])
-        if record.get("winner"):
-            client.set_tag(parent_run_id, "winner_trial_id", record["winner"])
-    if record.get("completed") and client.get_run(parent_run_id).info.status == "RUNNING":
+        if winner:
+            client.set_tag(parent_run_id, "winner_trial_id", winner)
+    if sweep.record.completed and client.get_run(parent_run_id).info.status == "RUNNING":
         client.set_terminated(parent_run_id, "FINISHED")
-        added["closed"] += 1
-    return added
+        return 1
+    return 0
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -92,21 +93,17 @@ def _results(trial_dir: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuner.sync", description=__doc__)
     parser.add_argument("sweep_dir", help="STORAGE/NAME of the sweep")
     parser.add_argument("--mlflow-uri", help="tracking URI (default: the one the sweep used)")
     args = parser.parse_args(argv)
-    console = Console()
-    try:
-        added = sync(Path(args.sweep_dir).expanduser().resolve(), args.mlflow_uri)
-    except UserError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        return 2
-    console.print(f"synced {args.sweep_dir}: {added['runs']} run(s) created, {added['epochs']} epoch(s) of metrics "
-                  f"added, {added['closed']} run(s) closed", highlight=False, soft_wrap=True)
-    return 0
+    added = sync(Path(args.sweep_dir).expanduser().resolve(), args.mlflow_uri)
+    cli.console().print(f"synced {args.sweep_dir}: {added['runs']} run(s) created, {added['epochs']} epoch(s) of "
+                        f"metrics added, {added['closed']} run(s) closed", soft_wrap=True)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main)

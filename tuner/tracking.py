@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-
+from trainables.classify import EPOCH_METRICS
 from trainables.config import TrialConfig
 from trainables.errors import UserError
-from tuner.final import FINAL_FILE
-from tuner.results import MLFLOW_STATUS, trial_status
+from tuner.callbacks import DriverCallback
+from tuner.folder import FINAL_FILE
+from tuner.results import TrialStatus, trial_status
 
 log = logging.getLogger(__name__)
 
-EPOCH_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "best_val_top1", "lr", "images_per_s", "epoch_s")
+# A trial's status -> its MLflow run status (KILLED: ASHA stopped it to give its slot to others).
+MLFLOW_STATUS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.EARLY_STOPPED: "FINISHED",
+                 TrialStatus.STOPPED: "KILLED", TrialStatus.FAILED: "FAILED", TrialStatus.DIVERGED: "FAILED"}
 
 
 def connect(uri: str | None) -> "mlflow.MlflowClient":  # noqa: F821
@@ -71,8 +73,10 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
-class MlflowTrials(Callback):
+class MlflowTrials(DriverCallback):
     """Mirrors each Ray Tune trial into a child run of the sweep's parent run."""
+
+    role = "mlflow"
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
                  tags: dict[str, str] | None = None) -> None:
@@ -86,10 +90,6 @@ class MlflowTrials(Callback):
         self._client = None
         self.offline = False
         self._logged: dict[str, set[int]] = {}  # run_id -> epochs logged (read once per run and driver session)
-
-    def __getstate__(self) -> dict:
-        # Ray pickles callbacks; a live client does not travel, and MLflow is the truth for what was logged
-        return {**self.__dict__, "_client": None, "_logged": {}}
 
     @property
     def client(self):
@@ -146,6 +146,12 @@ class MlflowTrials(Callback):
         end_trial_run(self.client, self._run_of(trial), status, result, reason)
         self.ended.add(trial.trial_id)
 
+    def reopen_parent(self, rounds: int) -> None:
+        """A grown sweep's parent run is RUNNING again while its added trials run."""
+        self._safely("parent run update", lambda: (
+            self.client.update_run(self.parent_run_id, status="RUNNING"),
+            self.client.set_tag(self.parent_run_id, "rounds", str(rounds + 1))))
+
     def get_state(self) -> dict | None:
         return {"runs": dict(self.runs), "ended": sorted(self.ended)}
 
@@ -184,13 +190,14 @@ def log_epoch(client, run_id: str, result: dict) -> None:
 
 def end_trial_run(client, run_id: str, status: str, last_result: dict, reason: str | None) -> None:
     """Close a trial's run: FINISHED, KILLED (stopped by ASHA) or FAILED, with why and where it ran."""
-    if status == "diverged":
+    status = TrialStatus(status)
+    if status is TrialStatus.DIVERGED:
         reason = f"diverged: non-finite training loss at epoch {last_result.get('epoch')}"
-    elif status == "stopped":
+    elif status is TrialStatus.STOPPED:
         reason = f"stopped early by the scheduler after epoch {last_result.get('epoch', 0)}"
-    elif status == "early_stopped":
+    elif status is TrialStatus.EARLY_STOPPED:
         reason = f"early stopped (patience) after epoch {last_result.get('epoch')}"
-    client.set_tag(run_id, "outcome", status)
+    client.set_tag(run_id, "outcome", status.value)
     if reason:
         client.set_tag(run_id, "end_reason", reason)
     client.set_tag(run_id, "node_id", str(last_result.get("node_id", "")))
@@ -219,13 +226,6 @@ def trial_run_id(client, parent_run_id: str, trial_id: str) -> str | None:
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
                                             f"tags.trial_id = '{trial_id}'")
     return runs[0].info.run_id if runs else None
-
-
-def reopen_parent_run(tracker: MlflowTrials, round_index: int) -> None:
-    """A grown sweep's parent run is RUNNING again while its added trials run."""
-    tracker._safely("parent run update", lambda: (
-        tracker.client.update_run(tracker.parent_run_id, status="RUNNING"),
-        tracker.client.set_tag(tracker.parent_run_id, "rounds", str(round_index + 1))))
 
 
 def log_finals(client, parent_run_id: str, finals: list, sweep_dir: Path) -> None:

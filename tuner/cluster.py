@@ -1,0 +1,233 @@
+"""The Ray cluster a sweep runs on: a local instance started here (dashboard on loopback), or one joined by address.
+
+    with connect(spec.address) as cluster:   # Cluster(address, dashboard_url, started_here, token_auth)
+        ...
+
+Joining a cluster started with `ray start`, which uses token authentication by default: when RAY_AUTH_MODE is
+unset and a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), the driver sends it, as
+Ray itself does only for `auto` (a cluster without authentication ignores it). The address must answer within
+a few seconds (ray.init would retry for minutes), and every failure to join is one UserError saying what to check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from trainables.errors import UserError
+
+DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8265
+CONNECT_TIMEOUT_S = 5  # a HOST:PORT that does not answer in this long is refused
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The Ray instance this driver talks to."""
+
+    address: str  # what was joined, or the local instance's GCS address
+    dashboard_url: str = ""  # http://HOST:PORT of the dashboard this process started ("" when joined)
+    started_here: bool = False  # this process started it, and stops it when done
+    token_auth: bool = False  # the driver sent an authentication token
+
+    def resources(self) -> list[dict[str, float]]:
+        """The resources of each live node."""
+        import ray
+
+        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+@contextlib.contextmanager
+def connect(address: str | None) -> Iterator[Cluster]:
+    """Start or join (see `start`), and stop what was started here on the way out."""
+    import ray
+
+    cluster = start(address)
+    try:
+        yield cluster
+    finally:
+        if cluster.started_here:
+            ray.shutdown()
+
+
+def start(address: str | None) -> Cluster:
+    """Join `address` (auto, HOST:PORT, ray://HOST:PORT), or start a local instance. An instance this process
+    already joined is reused (two-stage spaces run every stage on one)."""
+    import ray
+
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        return Cluster(address=getattr(context, "gcs_address", "") or address or "")
+    quiet_ray()
+    if not address:
+        return _start_local()
+    return _join(address)
+
+
+def quiet_ray() -> None:
+    """Ray's and Optuna's own console output off: our progress display and one-line errors replace it."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _init_kwargs() -> dict[str, Any]:
+    return {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+
+
+def _start_local() -> Cluster:
+    import ray
+
+    port = free_port(DASHBOARD_HOST, DASHBOARD_PORT)
+    for attempt in (1, 2, 3):
+        try:
+            context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST, dashboard_port=port,
+                               **_init_kwargs())
+            break
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when the dashboard cannot bind
+            # another Ray on this machine took the free port between our probe and the dashboard's bind
+            if attempt == 3 or "address already in use" not in str(exc):
+                raise
+            ray.shutdown()
+            port = free_port(DASHBOARD_HOST, 0)
+    url = context.dashboard_url or ""
+    return Cluster(address=context.address_info.get("gcs_address", "local"),
+                   dashboard_url=f"http://{url}" if url and "://" not in url else url, started_here=True,
+                   token_auth=_local_token_auth())
+
+
+def _local_token_auth() -> bool:
+    """Whether the local instance asks for a token (Ray 2.60 turns token auth on for local clusters too)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        return bool(is_token_auth_enabled())
+    except (ImportError, AttributeError, Exception):  # noqa: BLE001 - a Ray without token authentication
+        return False
+
+
+def _join(address: str) -> Cluster:
+    target = _resolve(address)
+    if target:
+        _probe(address, target)
+    token_found = _send_token_if_any(address)
+    _init_with_retry(address, token_found)
+    return Cluster(address=address, token_auth=token_found)
+
+
+def _fail(address: str, why: str) -> UserError:
+    return UserError(f"cannot join the Ray cluster at --address {address}: {why}")
+
+
+def _resolve(address: str) -> str | None:
+    """Where to knock: HOST:PORT as given; `auto` as Ray resolves it ($RAY_ADDRESS, else this machine's latest
+    `ray start`); ray://HOST:PORT is the head's Ray Client server (`ray start --ray-client-server-port`)."""
+    if address != "auto":
+        return address[len("ray://"):] if address.startswith("ray://") else address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except ImportError:  # a Ray without this helper: ray.init resolves `auto` itself
+        return None
+    except ConnectionError:
+        raise _fail(address, "no running Ray cluster found on this machine and RAY_ADDRESS is not set; start one "
+                             "with `ray start --head`, or pass --address HOST:PORT") from None
+
+
+def _probe(address: str, target: str) -> None:
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or not port.isdigit():
+        raise _fail(address, "expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise _fail(address, f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__}); is "
+                             f"`ray start --head` running there, and is the port open to this machine?") from None
+
+
+def _send_token_if_any(address: str) -> bool:
+    """Token authentication, as the cluster's nodes have it. True when a token was found."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        from ray._private.authentication import authentication_token_setup as token_setup
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # a Ray without token authentication
+        return False
+    try:
+        token_found = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+        if token_found and os.environ.get("RAY_AUTH_MODE") is None:
+            quiet = logging.getLogger(token_setup.__name__)
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # Ray's "token authentication is enabled for this cluster" notice
+            try:
+                token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+            finally:
+                quiet.setLevel(level)
+    except AuthenticationError as exc:  # e.g. RAY_AUTH_TOKEN_PATH names a missing or empty file
+        raise _fail(address, str(exc).split(". ")[0]) from None
+    return token_found
+
+
+def _init_with_retry(address: str, token_found: bool) -> None:
+    """ray.init on the address. Ray Client (ray://) starts a server process per driver on the head, which now and
+    then fails to come up (ConnectionAbortedError "Initialization failure from server"): one more try."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, **_init_kwargs())
+            return
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError, AuthenticationError) as exc:
+            if attempt == 1 and address.startswith("ray://") and isinstance(exc, ConnectionAbortedError):
+                ray.shutdown()
+                time.sleep(2)
+                continue
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise _fail(address, f"{detail}; {_token_hint(token_found)}") from None
+
+
+def _token_hint(token_found: bool) -> str:
+    if token_found and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+                  os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+        return (f"this driver sent the token from {source}: is it the head's (`ray get-auth-token` on the head "
+                f"prints it)? Ray and Python must also be the cluster's versions")
+    return ("clusters started by `ray start` use token authentication by default: give this driver the head's "
+            "token with RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN=TOKEN (`ray get-auth-token` on the head prints "
+            "it), and leave RAY_AUTH_MODE unset or set to token")
+
+
+def free_port(host: str, preferred: int) -> int:
+    """The preferred port if free (another Ray may hold 8265), else any free one."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    return preferred
+
+
+def check_resources(cluster: Cluster, gpus_per_trial: float, cpus_per_trial: float) -> None:
+    """Fail at once when no node could ever run a trial, instead of leaving trials pending forever."""
+    nodes = cluster.resources()
+    max_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    max_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if gpus_per_trial > 0 and max_gpus == 0:
+        raise UserError(f"--gpus-per-trial {gpus_per_trial:g} but the Ray cluster has no GPU; use "
+                        f"--gpus-per-trial 0 to train on CPU, or --address a cluster with GPUs")
+    if gpus_per_trial > max_gpus:
+        raise UserError(f"--gpus-per-trial {gpus_per_trial:g} but the largest node has {max_gpus:g} GPU(s)")
+    if cpus_per_trial > max_cpus:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial:g} but the largest node has {max_cpus:g} CPU(s)")
