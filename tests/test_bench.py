@@ -1,7 +1,7 @@
 """The benchmark's code paths on tiny settings: well-formed figures, never timed assertions.
 
 The measuring functions that need no Ray run here directly; those that need Ray run once, through
-`python -m tuner.bench --tiny --json FILE` (a real local Ray instance), whose JSON is checked key by key.
+`python -m benchmarks --tiny --json FILE` (a real local Ray instance), whose JSON is checked key by key.
 """
 
 import dataclasses
@@ -14,9 +14,9 @@ import sys
 import pytest
 import torch
 
-from tuner import bench
+from benchmarks import asha_vs_random, augment_vs_torchvision, common, gpu, per_trial_overhead, suite, trainable_vs_bare
 
-TINY = bench.SETTINGS["tiny"]
+TINY = common.SETTINGS["tiny"]
 
 
 def finite_positive(value) -> bool:
@@ -31,7 +31,7 @@ def digits():
 
 
 def test_trainable_vs_bare_without_ray(digits):
-    out = bench.bench_trainable_vs_bare(digits, TINY)
+    out = trainable_vs_bare.bench_trainable_vs_bare(digits, TINY)
     for key in ("ours_images_per_s", "bare_images_per_s", "ratio", "ratio_min", "ratio_max"):
         assert finite_positive(out[key]), key
     assert out["ratio_min"] <= out["ratio"] <= out["ratio_max"]
@@ -41,26 +41,26 @@ def test_trainable_vs_bare_without_ray(digits):
 
 def test_small_model_comparison(digits):
     settings = dataclasses.replace(TINY, small_rounds=1, small_images=64)
-    small = bench.bench_trainable_vs_bare(digits, settings)["small_model"]
+    small = trainable_vs_bare.bench_trainable_vs_bare(digits, settings)["small_model"]
     assert all(finite_positive(small[k]) for k in ("ours_images_per_s", "bare_images_per_s", "ratio"))
 
 
 def test_augment_vs_torchvision(digits):
-    out = bench.bench_augment_vs_torchvision(digits, TINY)
+    out = augment_vs_torchvision.bench_augment_vs_torchvision(digits, TINY)
     for key in ("ours_images_per_s", "torchvision_images_per_s", "ratio"):
         assert finite_positive(out[key]), key
     assert out["dataloader_workers"] == 1 and isinstance(out["met"], bool)
 
 
 def test_fixed_work_and_calibration():
-    iters = bench.calibrate_work(0.01)
+    iters = per_trial_overhead.calibrate_work(0.01)
     assert isinstance(iters, int) and iters >= 1
-    assert finite_positive(bench._fixed_work(iters))
+    assert finite_positive(per_trial_overhead.fixed_work(iters))
 
 
 def test_simulated_asha_fraction():
-    few = bench.simulate_asha_fraction(12, 6, 1, 2, 2, sweeps=50)
-    many = bench.simulate_asha_fraction(64, 12, 1, 2, 2, sweeps=50)
+    few = asha_vs_random.simulate_asha_fraction(12, 6, 1, 2, 2, sweeps=50)
+    many = asha_vs_random.simulate_asha_fraction(64, 12, 1, 2, 2, sweeps=50)
     for sim in (few, many):
         assert 0 < sim["p10"] <= sim["mean"] <= sim["p90"] <= 1
     assert many["mean"] < few["mean"]  # more trials and epochs leave ASHA more to cut
@@ -68,12 +68,12 @@ def test_simulated_asha_fraction():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_figures_say_not_measured_without_gpu(digits):
-    assert bench.bench_gpu(digits, TINY) == (bench.NOT_MEASURED_NO_GPU, bench.NOT_MEASURED_NO_GPU)
+    assert gpu.bench_gpu(digits, TINY) == (common.NOT_MEASURED_NO_GPU, common.NOT_MEASURED_NO_GPU)
 
 
 def test_gpu_code_path_runs_on_cpu(digits):
     """The GPU measurement's code (per-model throughput, packed trials in spawned processes), on the CPU."""
-    throughput, packing = bench.bench_gpu(digits, TINY, device="cpu")
+    throughput, packing = gpu.bench_gpu(digits, TINY, device="cpu")
     assert set(throughput["images_per_s"]) == set(TINY.gpu_models)
     assert all(finite_positive(v) for v in throughput["images_per_s"].values())
     assert set(packing["speedup"]) == {str(k) for k in TINY.packing}
@@ -83,18 +83,18 @@ def test_gpu_code_path_runs_on_cpu(digits):
 
 def test_unknown_figure_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--only", "nope"])
+        suite.main(["--only", "nope"])
     assert exit_info.value.code == 2
     assert "unknown figure" in capsys.readouterr().err
 
 
 @pytest.mark.integration
 def test_cli_tiny_run_writes_every_figure(tmp_path):
-    """`python -m tuner.bench --tiny --json FILE` in a real subprocess, with a real local Ray instance."""
+    """`python -m benchmarks --tiny --json FILE` in a real subprocess, with a real local Ray instance."""
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update({"PYTHONUNBUFFERED": "1", "COLUMNS": "160"})
-    proc = subprocess.run([sys.executable, "-m", "tuner.bench", "--tiny", "--json", str(out)], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--json", str(out)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -137,4 +137,4 @@ def test_cli_tiny_run_writes_every_figure(tmp_path):
     assert 0 < asha["expected_epoch_fraction"]["mean"] <= 1
 
     if not torch.cuda.is_available():
-        assert result["gpu_images_per_s"] == result["packing_speedup"] == bench.NOT_MEASURED_NO_GPU
+        assert result["gpu_images_per_s"] == result["packing_speedup"] == common.NOT_MEASURED_NO_GPU
