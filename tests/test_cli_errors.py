@@ -43,7 +43,7 @@ def test_one_line_and_nothing_written(capsys, tmp_path, args, needle):
     code, text, storage = run_main(capsys, tmp_path, *args)
     assert code == EXIT_USER_ERROR
     assert needle in text and text.startswith("error:")
-    assert len(text.splitlines()) == 1 or "Traceback" not in text
+    assert len(text.splitlines()) == 1 and "Traceback" not in text
     assert not storage.exists()
 
 
