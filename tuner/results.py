@@ -20,6 +20,8 @@ class TrialStatus(str, enum.Enum):
     STOPPED = "stopped"  # the scheduler (ASHA) stopped it to give its slot to better trials
     FAILED = "failed"  # an exception
     DIVERGED = "diverged"  # a non-finite training loss
+    OOM = "oom"  # ran out of memory: killed by Ray's memory monitor or the kernel, or a CUDA out-of-memory error
+    INTERRUPTED = "interrupted"  # running when the sweep was stopped (Ctrl-C, SIGTERM); --resume continues it
 
     def __str__(self) -> str:
         return self.value
@@ -27,13 +29,23 @@ class TrialStatus(str, enum.Enum):
 
 # trials whose validation figures count (selection, the report, warm starts, a grown searcher's history)
 COMPLETED = (TrialStatus.FINISHED, TrialStatus.EARLY_STOPPED, TrialStatus.STOPPED)
-UNSUCCESSFUL = (TrialStatus.FAILED, TrialStatus.DIVERGED)
+UNSUCCESSFUL = (TrialStatus.FAILED, TrialStatus.DIVERGED, TrialStatus.OOM)
+# what a Ray error or a trial's traceback says when a trial ran out of memory
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "running low on memory",
+               "Cannot allocate memory")
 
 
-def trial_status(last_result: dict[str, Any], *, errored: bool, max_epochs: int) -> TrialStatus:
-    """A trial's status from its last reported metrics and whether Ray saw it raise."""
+def error_status(error: BaseException | str | None) -> TrialStatus:
+    """FAILED, or OOM when the error says the trial ran out of memory (Ray's memory monitor, CUDA, the allocator)."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error or "")
+    return TrialStatus.OOM if any(marker in text for marker in OOM_MARKERS) else TrialStatus.FAILED
+
+
+def trial_status(last_result: dict[str, Any], *, errored: bool, max_epochs: int,
+                 error: BaseException | str | None = None) -> TrialStatus:
+    """A trial's status from its last reported metrics and whether (and how) Ray saw it fail."""
     if errored:
-        return TrialStatus.FAILED
+        return error_status(error)
     if last_result.get("diverged"):
         return TrialStatus.DIVERGED
     if int(last_result.get("epoch", 0)) >= max_epochs:
@@ -58,7 +70,8 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
         if result.best_checkpoints:
             best_ckpt = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_top1", -1))[0]
         epochs = int(metrics.get("epoch", 0))
-        status = trial_status(metrics, errored=result.error is not None, max_epochs=int(config.get("max_epochs", 0)))
+        status = trial_status(metrics, errored=result.error is not None, max_epochs=int(config.get("max_epochs", 0)),
+                              error=result.error)
         rows.append({
             "trial_id": metrics.get("trial_id") or Path(result.path).name,
             "status": status.value,

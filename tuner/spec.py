@@ -63,6 +63,9 @@ class SweepSpec:
         "GPUs per trial; 0.25 packs 4 trials per GPU; auto measures a training step and packs as many as fit",
         default="0", metavar="F|auto"))
     cpus_per_trial: float = _field(1.0, Flag("CPUs per trial (default 1)", default=1.0, type=float))
+    memory_per_trial: float | str = _field("auto", Flag(  # bytes, or "auto": measured when the sweep starts
+        "host memory per trial, told to Ray so it never runs more trials than a node holds: auto (measured per "
+        "model x batch x image size) or a size such as 6GB", default="auto", metavar="auto|SIZE"))
     max_concurrent: int | None = _field(None, Flag("at most this many trials at once", type=int))
     address: str | None = _field(None, Flag("join a running Ray cluster (auto, HOST:PORT, ray://HOST:PORT)"))
     mlflow_uri: str | None = _field(None, Flag("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
@@ -125,7 +128,8 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None = None,
                num_samples: int | None = None, max_epochs: int | None = None, sets: list[str] = (),
-               gpus_per_trial: float | str = 0.0, cpus_per_trial: float = 1.0, max_concurrent: int | None = None,
+               gpus_per_trial: float | str = 0.0, cpus_per_trial: float = 1.0, memory_per_trial: float | str = "auto",
+               max_concurrent: int | None = None,
                address: str | None = None, mlflow_uri: str | None = None, storage: str = "sweeps",
                name: str | None = None, seed: int = 0, reseed: int = 0, reseed_top: int = 3,
                warm_start: str | None = None) -> SweepSpec:
@@ -169,6 +173,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         storage=_storage_path(storage), name=name or f"{space}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
         overrides=overrides, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+        memory_per_trial=parse_memory(memory_per_trial),
         max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed, reseed=reseed,
         reseed_top=reseed_top, warm_start=warm_start, then_dataset=then_dataset)
     validate_trial_configs(spec)
@@ -185,6 +190,27 @@ def parse_gpus(value: float | str) -> float | str:
             raise UserError(f"--gpus-per-trial {value!r}: give a number of GPUs (0.25 packs 4 trials per GPU) "
                             f"or auto") from None
     return float(value)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 2 ** 10, "m": 2 ** 20, "mb": 2 ** 20, "g": 2 ** 30, "gb": 2 ** 30,
+               "t": 2 ** 40, "tb": 2 ** 40, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_memory(value: float | str) -> float | str:
+    """--memory-per-trial: "auto", or a size (6GB, 512MB, 1.5GiB, plain bytes) -> bytes (GB counted as GiB)."""
+    import re
+
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise UserError(f"--memory-per-trial {value}: give a size above zero, e.g. 6GB, or auto")
+        return float(value)
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text)
+    if not match or match.group(2) not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise UserError(f"--memory-per-trial {value!r}: give a size such as 6GB, 512MB or 1.5GiB, or auto")
+    return float(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 def parse_sets(sets: list[str]) -> dict[str, Any]:

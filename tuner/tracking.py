@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # A trial's status -> its MLflow run status (KILLED: ASHA stopped it to give its slot to others).
 MLFLOW_STATUS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.EARLY_STOPPED: "FINISHED",
-                 TrialStatus.STOPPED: "KILLED", TrialStatus.FAILED: "FAILED", TrialStatus.DIVERGED: "FAILED"}
+                 TrialStatus.STOPPED: "KILLED", TrialStatus.FAILED: "FAILED", TrialStatus.DIVERGED: "FAILED",
+                 TrialStatus.OOM: "FAILED", TrialStatus.INTERRUPTED: "KILLED"}
 
 
 def connect(uri: str | None) -> "mlflow.MlflowClient":  # noqa: F821
@@ -141,8 +142,9 @@ class MlflowTrials(DriverCallback):
         if trial.trial_id in self.ended:
             return
         result = trial.last_result or {}
-        status = trial_status(result, errored=errored, max_epochs=trial.config.get("max_epochs", self.max_epochs))
         reason = _error_line(trial) if errored else None
+        status = trial_status(result, errored=errored, max_epochs=trial.config.get("max_epochs", self.max_epochs),
+                              error=reason)
         end_trial_run(self.client, self._run_of(trial), status, result, reason)
         self.ended.add(trial.trial_id)
 
