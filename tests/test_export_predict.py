@@ -30,9 +30,10 @@ def record(sweep_dir) -> dict:
 def reference(sweep_dir, record):
     """The winner rebuilt from its checkpoint, as the sweep tested it."""
     from trainables.classify import load_checkpoint_model
+    from tuner import folder
 
-    trials = pq.read_table(sweep_dir / "trials.parquet").to_pandas()
-    checkpoint = trials.loc[trials["trial_id"] == record["winner"], "checkpoint"].iloc[0]
+    # trials.parquet keeps checkpoints relative to the sweep folder; tuner.folder resolves them
+    checkpoint = folder.load(sweep_dir).trial(record["winner"])["checkpoint"]
     model, _ = load_checkpoint_model(checkpoint)
     return model
 
@@ -166,4 +167,5 @@ def test_export_bad_input_is_one_line(tmp_path, capsys):
 
     assert export.main([str(tmp_path / "nope")]) == 2
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("error: ") and "does not exist" in out[0]
+    # the wording is tuner.folder's, shared by every command over a sweep folder
+    assert len(out) == 1 and out[0].startswith("error: ") and "no sweep at" in out[0] and "nope" in out[0]

@@ -1,5 +1,6 @@
-"""tuner.report: the pure parts (importance, rungs, distributions), the report on made-up sweep folders (with and
-without final.parquet and epochs.parquet), bad input, MLflow unreachable, and the report of a real digits sweep."""
+"""tuner.report: the pure parts (importance, rungs, distributions), Optuna's figures of the rebuilt study, the report
+on made-up sweep folders (with and without final.parquet and epochs.parquet, one model family or several), bad input,
+MLflow unreachable, and the report of a real digits sweep. tests/test_report_browser.py opens them in Chromium."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ import pytest
 
 from tests._digits_sweep import digits_sweep, run_module
 from tests.conftest import free_port
-from tuner import report
+from tuner import folder as sweep_folder
+from tuner.report import analysis, build_report, figures
+from tuner.report.__main__ import main as report_main
+from tuner.report.plotting import DPI, MAX_WIDTH_IN
+from tuner.results import COMPLETED
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -139,7 +144,7 @@ def write_sweep(root: Path, *, with_epochs: bool = True, with_final: bool = Fals
 
 
 def test_searched_params_are_the_keys_that_vary():
-    assert report.searched_params(trials_frame()) == ["model", "opt", "lr", "weight_decay", "warmup_epochs",
+    assert analysis.searched_params(trials_frame()) == ["model", "opt", "lr", "weight_decay", "warmup_epochs",
                                                       "hflip"]
 
 
@@ -147,16 +152,16 @@ def test_distributions_inferred_from_values():
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     trials = trials_frame()
-    lr = report.distribution_of("lr", trials["lr"])
+    lr = analysis.distribution_of("lr", trials["lr"])
     assert isinstance(lr, FloatDistribution) and lr.log and lr.low == trials["lr"].min()
-    assert not report.distribution_of("warmup_epochs", trials["warmup_epochs"]).log
-    opt = report.distribution_of("opt", trials["opt"])
+    assert not analysis.distribution_of("warmup_epochs", trials["warmup_epochs"]).log
+    opt = analysis.distribution_of("opt", trials["opt"])
     assert isinstance(opt, CategoricalDistribution) and opt.choices == ("adamw", "sgd")
-    assert report.distribution_of("hflip", trials["hflip"]).choices == (False, True)
+    assert analysis.distribution_of("hflip", trials["hflip"]).choices == (False, True)
 
 
 def test_importance_of_searched_params_sums_to_one():
-    result = report.param_importance(trials_frame(n=24))
+    result = analysis.param_importance(trials_frame(n=24))
     assert not result.reason and result.trials == 20  # failed trials do not count
     assert set(result.values) == {"model", "opt", "lr", "weight_decay", "warmup_epochs", "hflip"}
     assert sum(result.values.values()) == pytest.approx(1.0)
@@ -166,41 +171,68 @@ def test_importance_with_constant_params_says_why():
     trials = trials_frame()
     for key in ("model", "opt", "weight_decay", "warmup_epochs", "hflip"):
         trials[key] = trials[key].iloc[0]  # only lr varies
-    result = report.param_importance(trials)
+    result = analysis.param_importance(trials)
     assert result.values == {} and "two or more" in result.reason and "(lr)" in result.reason
     trials["lr"] = 1e-3  # nothing varies
-    assert "0 varied" in report.param_importance(trials).reason
+    assert "0 varied" in analysis.param_importance(trials).reason
 
 
 def test_importance_with_too_few_trials_or_a_flat_objective_says_why():
     trials = trials_frame()
-    few = report.param_importance(trials[trials["status"] != "failed"].head(3))
+    few = analysis.param_importance(trials[trials["status"] != "failed"].head(3))
     assert few.values == {} and "at least" in few.reason
     flat = trials.assign(best_val_top1=50.0)
-    result = report.param_importance(flat)
+    result = analysis.param_importance(flat)
     assert result.values == {} and "same validation top-1" in result.reason
 
 
 def test_rung_survival_counts_trials_reaching_each_epoch():
     trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "epochs": [4, 1, 2, 0]})
     epochs = pd.DataFrame({"trial_id": ["a"] * 4 + ["b", "c", "c"], "epoch": [1, 2, 3, 4, 1, 1, 2]})
-    assert report.rung_survival(epochs, trials) == [(1, 3), (2, 2), (3, 1), (4, 1)]
-    assert report.rung_survival(None, trials) == [(1, 3), (2, 2), (3, 1), (4, 1)]  # older sweeps: trials' epochs
-    assert report.rung_survival(None, trials.assign(epochs=0)) == []
+    assert analysis.rung_survival(epochs, trials) == [(1, 3), (2, 2), (3, 1), (4, 1)]
+    assert analysis.rung_survival(None, trials) == [(1, 3), (2, 2), (3, 1), (4, 1)]  # older sweeps: trials' epochs
+    assert analysis.rung_survival(None, trials.assign(epochs=0)) == []
 
 
 def test_asha_rungs_match_ray_milestones():
-    assert report.asha_rungs(1, 2, 3) == [1, 2]
-    assert report.asha_rungs(1, 2, 4) == [1, 2]  # a rung at max_t would be the end anyway
-    assert report.asha_rungs(1, 3, 100) == [1, 3, 9, 27, 81]
-    assert report.asha_rungs(5, 2, 5) == []
+    assert analysis.asha_rungs(1, 2, 3) == [1, 2]
+    assert analysis.asha_rungs(1, 2, 4) == [1, 2]  # a rung at max_t would be the end anyway
+    assert analysis.asha_rungs(1, 3, 100) == [1, 3, 9, 27, 81]
+    assert analysis.asha_rungs(5, 2, 5) == []
 
 
 def test_parallel_axis_encoding():
-    positions, ticks, categorical = report.encode_axis("lr", pd.Series([1e-4, 1e-3, 1e-2]))
-    assert positions == pytest.approx([0.0, 0.5, 1.0]) and not categorical  # log scale
-    positions, ticks, categorical = report.encode_axis("opt", pd.Series(["sgd", "adamw", "sgd"]))
-    assert categorical and positions == [1.0, 0.0, 1.0] and [label for _, label in ticks] == ["adamw", "sgd"]
+    """Optuna draws the axes of the rebuilt study: lr (a LOG_SCALE key) on a log axis spanning the values tried,
+    categories as evenly spaced ticks."""
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": "finished", "best_val_top1": [10.0, 50.0, 90.0],
+                           "lr": [1e-4, 1e-3, 1e-2], "opt": ["sgd", "adamw", "sgd"]})
+    study = analysis.study_of(trials, ["lr", "opt"])
+    fig = figures.draw_parallel(study, ["lr", "opt"])
+    names = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert names[1:] == ["lr", "opt"]  # the first axis is the objective
+    lr_axis, opt_axis = fig.axes[2], fig.axes[3]  # fig.axes[1] is the colour bar
+    assert lr_axis.get_yscale() == "log" and lr_axis.get_ylim() == pytest.approx((1e-4, 1e-2))
+    # categories evenly spaced, in the order trials (by trial id) first tried them: Optuna's choice
+    assert [t.get_text() for t in opt_axis.get_yticklabels()] == ["sgd", "adamw"]
+    assert list(opt_axis.get_yticks()) == [0, 1]
+    assert fig.get_size_inches()[0] <= MAX_WIDTH_IN
+
+
+def test_parallel_coordinates_keep_the_most_important_axes():
+    importance = analysis.param_importance(trials_frame(n=24))
+    params = list(importance.values)
+    assert figures.parallel_params(params, importance, limit=3) == params[:3]  # importance order, best first
+    assert figures.parallel_params(params[:2], importance, limit=3) == params[:2]
+
+
+def test_learning_curves_have_one_loss_panel_per_loss_kind():
+    trials = trials_frame().assign(loss=["ce", "bce"] * 6)
+    assert analysis.loss_kinds(trials) == {"ce": list(trials["trial_id"][::2]), "bce": list(trials["trial_id"][1::2])}
+    fig = figures.draw_learning_curves(trials, epochs_frame(trials))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["validation top-1", "training loss (CE trials)", "training loss (BCE trials)"]
+    one_kind = figures.draw_learning_curves(trials.assign(loss="ce"), epochs_frame(trials))
+    assert [ax.get_title() for ax in one_kind.axes] == ["validation top-1", "training loss (CE trials)"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,7 +241,7 @@ def test_parallel_axis_encoding():
 
 def test_report_with_final_parquet(tmp_path):
     folder = write_sweep(tmp_path, with_final=True)
-    made = report.build_report(report.load_sweep(folder))
+    made = build_report(sweep_folder.load(folder))
     pngs = check_report_files(folder / "report")
     names = {p.name for p in pngs}
     assert {"learning_curves.png", "family_best5.png", "parallel_coordinates.png", "param_importance.png",
@@ -223,7 +255,7 @@ def test_report_with_final_parquet(tmp_path):
 
 def test_report_of_an_older_sweep_without_epochs_or_final(tmp_path):
     folder = write_sweep(tmp_path, with_epochs=False)
-    made = report.build_report(report.load_sweep(folder))
+    made = build_report(sweep_folder.load(folder))
     check_report_files(folder / "report")
     assert "curves" in made.notes and not (folder / "report" / "learning_curves.png").exists()
     assert (folder / "report" / "rung_survival.png").exists()  # from trials.parquet's epochs
@@ -231,20 +263,42 @@ def test_report_of_an_older_sweep_without_epochs_or_final(tmp_path):
     assert "No figure: no epochs.parquet" in text and "Test results (the winner, tested once)" in text
 
 
+def test_a_one_family_sweep_has_no_family_figure_and_says_why(tmp_path):
+    folder = write_sweep(tmp_path)
+    trials = pq.read_table(folder / "trials.parquet").to_pandas().assign(model="cnn_basic")
+    pq.write_table(pa.Table.from_pandas(trials, preserve_index=False), folder / "trials.parquet")
+    made = build_report(sweep_folder.load(folder))
+    check_report_files(folder / "report")
+    assert set(made.notes) == {"families"} and "one model family (cnn_basic)" in made.notes["families"]
+    assert not (folder / "report" / "family_best5.png").exists()
+    assert "## Best trials per model family\n\nNo figure: every scored trial is one model family" in \
+        (folder / "report" / "report.md").read_text()
+
+
+def test_figures_are_drawn_at_the_size_they_are_shown(tmp_path):
+    """No figure wider than the report's column at the house DPI: the page never scales one (and its text) down."""
+    folder = write_sweep(tmp_path, with_final=True)
+    build_report(sweep_folder.load(folder))
+    for png in (folder / "report").glob("*.png"):
+        if not png.name.startswith("confusion-"):  # tuner.final draws those
+            assert png_size(png.read_bytes())[0] <= MAX_WIDTH_IN * DPI * 1.1, png.name
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    for path, says in ((tmp_path / "nope", "does not exist"), (tmp_path, "not a sweep folder")):
-        assert report.main([str(path)]) == 2
+    # the wording is tuner.folder's, shared by every command over a sweep folder
+    for path, says in ((tmp_path / "nope", "no sweep at"), (tmp_path, "not a sweep folder")):
+        assert report_main([str(path)]) == 2
         out = capsys.readouterr().out.strip().splitlines()
         assert len(out) == 1 and out[0].startswith("error: ") and says in out[0]
     folder = write_sweep(tmp_path / "torn")
     (folder / "trials.parquet").write_bytes(b"PAR1 not really")
-    assert report.main([str(folder)]) == 2
+    assert report_main([str(folder)]) == 2
     assert "unreadable" in capsys.readouterr().out
 
 
 def test_unreachable_mlflow_is_a_warning_and_the_report_is_written(tmp_path, capsys):
     folder = write_sweep(tmp_path, tracking_uri=f"http://127.0.0.1:{free_port()}")
-    assert report.main([str(folder)]) == 0
+    assert report_main([str(folder)]) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "could not attach" in warnings[0]
     assert (folder / "report" / "report.html").stat().st_size > 10_000
@@ -268,17 +322,17 @@ def test_report_of_a_real_sweep_attached_to_mlflow(sweep_dir, mlflow_server):
     assert "Traceback" not in proc.stdout + proc.stderr and "attached to MLflow run" in proc.stdout
     out = sweep_dir / "report"
     pngs = {p.name for p in check_report_files(out)}
-    assert {"learning_curves.png", "family_best5.png", "parallel_coordinates.png", "rung_survival.png",
-            "status_wall_time.png"} <= pngs
-    text = (out / "report.md").read_text()
-    # 4 trials of 10 searched parameters: importance is computed, or the report says why not
-    assert "param_importance.png" in pngs or "## Parameter importance\n\nNo figure: " in text
     trials = pq.read_table(sweep_dir / "trials.parquet").to_pandas()
+    # 4 trials of resnet_rsb's searched recipe, every one completed (stopped by ASHA counts): importance is computed
+    assert len(trials) == 4 and trials["status"].isin([s.value for s in COMPLETED]).all(), trials[["status", "error"]]
+    assert {"learning_curves.png", "parallel_coordinates.png", "param_importance.png", "slices.png",
+            "rung_survival.png", "status_wall_time.png", "confusion-cnn_basic.png"} == pngs
+    text = (out / "report.md").read_text()
+    # --set model=cnn_basic: one family, so no family figure, and the report says why
+    assert "family_best5.png" not in pngs and "one model family (cnn_basic)" in text
     assert all(t in text for t in trials["trial_id"])  # the leaderboard lists every trial (4 < 10)
-    if (sweep_dir / "final.parquet").exists():
-        assert "each model family's best trial" in text and any(p.startswith("confusion-") for p in pngs)
-    else:
-        assert "Test results (the winner, tested once)" in text
+    assert (sweep_dir / "final.parquet").exists()  # a sweep tests each family's best once
+    assert "Test results (each model family's best trial, tested once)" in text
 
     record = json.loads((sweep_dir / "sweep.json").read_text())
     client = mlflow.MlflowClient(mlflow_server.uri)

@@ -22,17 +22,19 @@ import io
 import json
 import math
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from trainables.classify import CHECKPOINT_FILE
 from trainables.errors import UserError, error_line
-from tuner.report import EXIT_USER_ERROR, Sweep, attach, load_sweep
+from tuner import cli, folder
+from tuner.folder import EXPORT_DIR, TRIALS_FILE, Sweep
+from tuner.report import attach
+from tuner.report.publish import quick_mlflow, tracking_uri_of
 
-EXPORT_DIR = "export"
 RUNTIMES = ("eager", "torchscript_trace", "torchscript_script", "torch_compile", "onnxruntime")
 CHECK_IMAGES = 16  # images compared between each runtime and eager
 
@@ -54,17 +56,16 @@ class Measurement:
 
 def winner_checkpoint(sweep: Sweep, trial_id: str | None = None) -> tuple[str, str]:
     """(trial_id, checkpoint dir) of the sweep's winner (or of `trial_id`)."""
-    trials = sweep.trials
-    wanted = trial_id or sweep.record.get("winner")
+    wanted = trial_id or sweep.record.winner
     if not wanted:
         raise UserError(f"sweep {sweep.name} has no winner (no trial finished with a checkpoint, or the sweep was "
-                        f"interrupted); pass --trial ID to export a trial of trials.parquet")
-    row = trials[trials["trial_id"] == wanted]
-    if not len(row):
-        raise UserError(f"trial {wanted} is not in {sweep.path / 'trials.parquet'}; known trials: "
-                        f"{', '.join(trials['trial_id'].astype(str))}")
-    checkpoint = row["checkpoint"].iloc[0]
-    if not checkpoint or not (Path(checkpoint) / "checkpoint.pt").is_file():
+                        f"interrupted); pass --trial ID to export a trial of {TRIALS_FILE}")
+    row = next((r for r in sweep.trials if r["trial_id"] == wanted), None)
+    if row is None:
+        raise UserError(f"trial {wanted} is not in {sweep.path / TRIALS_FILE}; known trials: "
+                        f"{', '.join(str(r['trial_id']) for r in sweep.trials)}")
+    checkpoint = row.get("checkpoint")
+    if not checkpoint or not (Path(checkpoint) / CHECKPOINT_FILE).is_file():
         raise UserError(f"trial {wanted} has no checkpoint on disk ({checkpoint or 'none recorded'})")
     return str(wanted), str(checkpoint)
 
@@ -79,12 +80,12 @@ def check_images(sweep: Sweep, size: int, count: int = CHECK_IMAGES):
     try:
         from trainables.data import load_dataset
 
-        splits = load_dataset(spec["dataset"], spec.get("data_dir"))
+        splits = load_dataset(spec.dataset, spec.data_dir)
         images = torch.from_numpy(splits.val_x[:count]).float() / 255.0
-        source = f"{len(images)} validation images of {spec['dataset']}"
+        source = f"{len(images)} validation images of {spec.dataset}"
     except Exception as exc:  # noqa: BLE001 - data not on this machine: the checks still run, on noise
         images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0))
-        source = f"{count} random images ({spec.get('dataset')} not readable here: {type(exc).__name__})"
+        source = f"{count} random images ({spec.dataset} not readable here: {type(exc).__name__})"
     return resize_to(images, size).contiguous(), source
 
 
@@ -218,19 +219,19 @@ def benchmark(runtimes: dict[str, Callable], reasons: dict[str, str], device: st
 
 
 def plot_inference(rows: list[Measurement], batch: int, path: Path) -> Path | None:
-    from tuner.report import _plt, _save
+    from tuner.report.plotting import pyplot, save, width
 
     ok = [r for r in rows if r.status == "ok"]
     if not ok:
         return None
-    plt = _plt()
+    plt = pyplot()
     labels = sorted({(r.device, r.runtime) for r in ok}, key=lambda k: (k[0], RUNTIMES.index(k[1])))
     shown = {"eager": "eager", "torchscript_trace": "TorchScript\ntrace", "torchscript_script": "TorchScript\nscript",
              "torch_compile": "torch.compile", "onnxruntime": "onnxruntime"}
     names = [f"{shown[rt]}\n({dev})" for dev, rt in labels]
     colours = [plt.get_cmap("tab10")(RUNTIMES.index(rt)) for _, rt in labels]
     pick = {(r.device, r.runtime, r.batch): r for r in ok}
-    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(max(9.0, 1.9 * len(labels) + 2), 4.2))
+    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(width(max(9.0, 1.9 * len(labels) + 2)), 4.2))
     latency = [pick[(d, rt, 1)].latency_ms if (d, rt, 1) in pick else 0 for d, rt in labels]
     throughput = [pick[(d, rt, batch)].images_per_s if (d, rt, batch) in pick else 0 for d, rt in labels]
     ax_l.bar(names, latency, color=colours)
@@ -245,7 +246,7 @@ def plot_inference(rows: list[Measurement], batch: int, path: Path) -> Path | No
         ax.grid(axis="x", visible=False)
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_rows(rows: list[Measurement], path: Path) -> Path:
@@ -356,9 +357,7 @@ def run_export(sweep: Sweep, *, batch: int = 64, with_compile: bool = False, ite
 
 def log_metrics(sweep: Sweep, summary: dict[str, Any], tracking_uri: str | None) -> None:
     """The ONNX check and the headline figures as metrics of the parent run (after attach() reached it)."""
-    from tuner.report import quick_mlflow
-
-    client = quick_mlflow(tracking_uri or sweep.tracking_uri)
+    client = quick_mlflow(tracking_uri or tracking_uri_of(sweep))
     metrics = {f"export_{k}": v for k, v in summary["checks"].items() if isinstance(v, float) and math.isfinite(v)}
     for r in summary["rows"]:
         if r.status == "ok":
@@ -368,7 +367,7 @@ def log_metrics(sweep: Sweep, summary: dict[str, Any], tracking_uri: str | None)
     from mlflow.entities import Metric
 
     stamp = int(time.time() * 1000)
-    client.log_batch(sweep.parent_run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+    client.log_batch(sweep.record.parent_run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -386,26 +385,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
     args = parser().parse_args(argv)
-    console = Console()
-    try:
-        if args.batch < 1 or args.iterations < 1:
-            raise UserError("--batch and --iterations must be positive integers")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UserError("--threads must be a positive integer")
-            import torch
+    console = cli.console()
+    if args.batch < 1 or args.iterations < 1:
+        raise UserError("--batch and --iterations must be positive integers")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be a positive integer")
+        import torch
 
-            torch.set_num_threads(args.threads)
-        sweep = load_sweep(args.sweep_dir)
-        summary = run_export(sweep, batch=args.batch, with_compile=args.compile, iterations=args.iterations,
-                             budget_s=args.budget, trial_id=args.trial, console=console)
-    except UserError as exc:
-        print(f"error: {exc}")
-        return EXIT_USER_ERROR
+        torch.set_num_threads(args.threads)
+    sweep = folder.load(args.sweep_dir)
+    summary = run_export(sweep, batch=args.batch, with_compile=args.compile, iterations=args.iterations,
+                         budget_s=args.budget, trial_id=args.trial, console=console)
     print_table(summary["rows"], args.batch, console)
     out = sweep.path / EXPORT_DIR
     ts, onnx_info, checks = summary["torchscript"], summary["onnx"], summary["checks"]
@@ -428,9 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 warning = f"could not log metrics to MLflow ({type(exc).__name__})"
         print(f"warning: {warning}; the exports are in {out}" if warning else
-              f"attached to MLflow run {sweep.parent_run_id} under {EXPORT_DIR}/")
-    return 0
+              f"attached to MLflow run {sweep.record.parent_run_id} under {EXPORT_DIR}/")
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from trainables.errors import UserError
-from tuner.run import EXIT_USER_ERROR
+from tuner import cli
 
 
 def resize_to(images, size: int):
@@ -137,24 +136,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.top_k < 1:
+        raise UserError("--top-k must be a positive integer")
+    if args.size is not None and args.size < 1:
+        raise UserError("--size must be a positive integer")
+    images = [read_image(path) for path in args.images]  # bad files fail before the (slower) model load
+    model, info = load_model(args.model_uri, args.mlflow_uri)
+    size = args.size or input_size_of(model, info)
     try:
-        if args.top_k < 1:
-            raise UserError("--top-k must be a positive integer")
-        if args.size is not None and args.size < 1:
-            raise UserError("--size must be a positive integer")
-        images = [read_image(path) for path in args.images]  # bad files fail before the (slower) model load
-        model, info = load_model(args.model_uri, args.mlflow_uri)
-        size = args.size or input_size_of(model, info)
-        try:
-            results = predict(model, images, size, args.top_k, classes_of(model, info))
-        except (RuntimeError, AssertionError, ValueError) as exc:  # an exported graph fixed to another size
-            raise UserError(f"the model rejected {size}x{size} images: {str(exc).strip().splitlines()[0][:200]}")\
-                from None
-    except UserError as exc:
-        print(f"error: {exc}")
-        return EXIT_USER_ERROR
+        results = predict(model, images, size, args.top_k, classes_of(model, info))
+    except (RuntimeError, AssertionError, ValueError) as exc:  # an exported graph fixed to another size
+        raise UserError(f"the model rejected {size}x{size} images: {str(exc).strip().splitlines()[0][:200]}") \
+            from None
     if args.json:
         print(json.dumps({"model_uri": args.model_uri, "input_size": size,
                           "predictions": [{"image": path, "top": top} for path, top in zip(args.images, results)]},
@@ -163,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         width = max(len(path) for path in args.images)
         for path, top in zip(args.images, results):
             print(f"{path:<{width}}  " + "   ".join(f"{t['class']} {100 * t['probability']:5.1f}%" for t in top))
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main)
