@@ -83,6 +83,53 @@ def compose(tmp_path_factory):
     return run
 
 
+FAKE_RAY = """#!/usr/bin/env bash
+# ray start --block: runs until SIGTERM, noting when it got it
+trap 'echo "ray stopped" >> "$SWEEPS_TEST_ORDER"; exit 0' TERM
+while true; do sleep 0.2; done
+"""
+FAKE_DRIVER = """import signal, sys, time, os
+def stop(signum, frame):
+    time.sleep(1)  # stopping cleanly takes a moment
+    open(os.environ["SWEEPS_TEST_ORDER"], "a").write("driver stopped\\n")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    time.sleep(0.2)
+"""
+
+
+def test_compose_stop_stops_the_sweep_driver_before_ray(compose, tmp_path):
+    """The head's resolved command, run here with a stand-in `ray`, in a PID namespace of its own (its pkill must
+    not reach this machine's other processes): SIGTERM to it (what `docker compose stop` sends) reaches a
+    running `python -m tuner.run`-like driver first, and Ray is stopped only after the driver exited."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare --pid` (root): the head's pkill would reach every process of this machine")
+    proc = compose("--env-file", str(DOCKER / ".env.example"), "config", "--format", "json")
+    head = json.loads(proc.stdout)["services"]["ray-head"]
+    assert head["command"][:2] == ["/bin/sh", "-c"] and head["stop_grace_period"] == "2m30s"
+    (tmp_path / "ray").write_text(FAKE_RAY)
+    (tmp_path / "ray").chmod(stat.S_IRWXU)
+    (tmp_path / "driver.py").write_text(FAKE_DRIVER)
+    order = tmp_path / "order"
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "SWEEPS_TEST_ORDER": str(order),
+           "HEAD_COMMAND": head["command"][2].replace("$$", "$")}  # `config` keeps compose's $$ escapes
+    # inside the namespace: the driver (its command line holds `tuner.run`, as `python -m tuner.run` does) in the
+    # background, then the head's shell; TERM goes to the shell. In a file, so no command line but the driver's
+    # matches the head's `pgrep -f 'tuner[.]run'`.
+    (tmp_path / "inside.sh").write_text(
+        f"{sys.executable} {tmp_path / 'driver.py'} tuner.run > {tmp_path / 'driver.out'} &\n"
+        f'/bin/sh -c "$HEAD_COMMAND" & shell=$!\n'
+        f"until grep -q ready {tmp_path / 'driver.out'} 2>/dev/null; do sleep 0.1; done; sleep 1\n"
+        f'kill -TERM $shell; wait $shell; echo "shell $?" >> {order}\n')
+    ns = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "bash", str(tmp_path / "inside.sh")],
+                        env=env, timeout=60)
+    assert ns.returncode == 0
+    assert order.read_text().split("\n")[:3] == ["driver stopped", "ray stopped", "shell 0"]
+
+
 def test_compose_stack_resolves(compose):
     proc = compose("--env-file", str(DOCKER / ".env.example"), "config", "--format", "json")
     assert proc.returncode == 0, proc.stderr
@@ -269,6 +316,11 @@ def test_raycluster_and_rayjob_describe_the_same_cluster():
     entrypoint = job["spec"]["entrypoint"]
     assert entrypoint.startswith("python -m tuner.run ") and "--address auto" in entrypoint
     assert job["spec"]["shutdownAfterJobFinishes"] is True
+    # preemption: the driver gets SIGTERM (preStop) and time to stop cleanly; a retry resumes the named sweep
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["terminationGracePeriodSeconds"] >= 120
+    assert "pkill -TERM -f 'tuner[.]run'" in " ".join(head["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])
+    assert "--name " in entrypoint and "--resume-if-exists" in entrypoint and job["spec"]["backoffLimit"] >= 1
 
 
 def test_mlflow_manifest_uses_postgres_and_minio_from_the_secret():
@@ -297,7 +349,8 @@ def test_sbatch_script_passes_shellcheck():
 
 
 FAKE_SCONTROL = """#!/usr/bin/env bash
-# scontrol show hostnames LIST: one name per line (LIST is plain comma-separated here)
+# scontrol show hostnames LIST: one name per line (LIST is plain comma-separated here); scontrol requeue JOB: logged
+if [[ "$1" == requeue ]]; then echo "requeue $2" >> "$SWEEPS_TEST_SCONTROL_LOG"; exit 0; fi
 [[ "$1 $2" == "show hostnames" ]] || { echo "fake scontrol: $*" >&2; exit 1; }
 tr ',' '\\n' <<< "$3"
 """
@@ -311,62 +364,117 @@ while [[ $# -gt 0 && "$1" == -* ]]; do
 done
 exec "$@"
 """
+SLURM_SWEEP = ["--space", "resnet_rsb", "--dataset", "digits", "--set", "model=cnn_basic", "--set", "width=0.25",
+               "--max-epochs", "1", "--max-concurrent", "2"]
 
 
-@pytest.mark.integration
-def test_sbatch_script_runs_a_sweep_on_two_loopback_nodes(tmp_path):
-    """The real script, with fake srun/scontrol: "nodes" 127.0.0.2 and 127.0.0.3 on this machine, 1 CPU each;
-    it starts the head and the worker, waits for both, runs the sweep, and stops every Ray process."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    for name, body in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (fake / name).write_text(body)
-        (fake / name).chmod(stat.S_IRWXU)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))  # short: Ray's unix socket paths
-    marker = f"SWEEPS_TEST_SLURM={ray_tmp.name}"
-    storage = tmp_path / "sweeps"
+class FakeSlurm:
+    """The real script with fake srun/scontrol: "nodes" 127.0.0.2 and 127.0.0.3 on this machine, 1 CPU each."""
 
-    def port(host):
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        for name, body in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+            (fake / name).write_text(body)
+            (fake / name).chmod(stat.S_IRWXU)
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))  # short: Ray's unix socket paths
+        self.marker = f"SWEEPS_TEST_SLURM={self.ray_tmp.name}"
+        self.storage = tmp_path / "sweeps"
+        self.scontrol_log = tmp_path / "scontrol.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_", "SWEEP"))}
+        self.env.update({
+            "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{self.env['PATH']}", "PYTHONPATH": str(REPO),
+            "SLURM_JOB_ID": secrets.token_hex(3), "SLURM_JOB_NODELIST": "127.0.0.2,127.0.0.3",
+            "SLURM_CPUS_PER_TASK": "1", "SWEEP_STORAGE": str(self.storage), "SWEEP_RAY_TMPDIR": str(self.ray_tmp),
+            "SWEEP_NODE_TIMEOUT": "120", "SWEEPS_VENV": str(tmp_path / "no-venv"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "COLUMNS": "160",
+            "SWEEPS_TEST_SCONTROL_LOG": str(self.scontrol_log), self.marker.split("=")[0]: self.marker.split("=")[1]})
+
+    @staticmethod
+    def port(host: str) -> str:
         import socket
 
         with socket.socket() as s:
             s.bind((host, 0))
             return str(s.getsockname()[1])
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_", "SWEEP"))}
-    env.update({"PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(REPO),
-                "SLURM_JOB_ID": secrets.token_hex(3), "SLURM_JOB_NODELIST": "127.0.0.2,127.0.0.3",
-                "SLURM_CPUS_PER_TASK": "1", "SWEEP_STORAGE": str(storage), "SWEEP_RAY_TMPDIR": str(ray_tmp),
-                "SWEEP_RAY_PORT": port("127.0.0.2"), "SWEEP_DASHBOARD_PORT": port("127.0.0.1"),
-                "SWEEP_NODE_TIMEOUT": "120", "SWEEPS_VENV": str(tmp_path / "no-venv"),
-                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "COLUMNS": "160",
-                marker.split("=")[0]: marker.split("=")[1]})
-    t0 = time.monotonic()
-    proc = subprocess.Popen(["bash", str(SBATCH), "--space", "resnet_rsb", "--dataset", "digits",
-                             "--set", "model=cnn_basic", "--set", "width=0.25", "--num-samples", "2",
-                             "--max-epochs", "1", "--max-concurrent", "2", "--name", "slurm"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+    def start(self, *args: str, **env: str) -> subprocess.Popen:
+        ports = {"SWEEP_RAY_PORT": self.port("127.0.0.2"), "SWEEP_DASHBOARD_PORT": self.port("127.0.0.1")}
+        return subprocess.Popen(["bash", str(SBATCH), *args], cwd=self.tmp_path, env={**self.env, **ports, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def finish(self, proc: subprocess.Popen, timeout: float = 300) -> tuple[str, list[int]]:
+        """Wait for the script; then the processes it left (none, if its teardown worked), killed either way."""
         from tests.test_cluster import processes_with
 
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
         for _ in range(40):  # the script's teardown must have left nothing; make sure of it either way
-            left = processes_with(marker)
+            left = processes_with(self.marker)
             if not left:
                 break
             time.sleep(0.5)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        return out, left
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_sbatch_script_runs_a_sweep_on_two_loopback_nodes(tmp_path):
+    """It starts the head and the worker, waits for both, runs the sweep, and stops every Ray process."""
+    slurm = FakeSlurm(tmp_path)
+    t0 = time.monotonic()
+    try:
+        out, left = slurm.finish(slurm.start(*SLURM_SWEEP, "--num-samples", "2", "--name", "slurm"))
+    finally:
+        slurm.cleanup()
     print(f"\nSLURM script on two loopback nodes: {time.monotonic() - t0:.1f} s")
-    assert proc.returncode == 0, out
+    assert out and "Ray cluster up" in out, out
     assert not left, f"processes outlived the script's teardown: {left}\n{out}"
     assert "Ray cluster up: 2 node(s) at 127.0.0.2:" in out and "stopping Ray on 2 node(s)" in out
+    storage = slurm.storage
     rows = pq.read_table(storage / "slurm" / "trials.parquet").to_pylist()
     assert len(rows) == 2 and len({r["node_id"] for r in rows}) == 2, rows  # one trial on each node
     assert not list(storage.glob(".ray-token-*"))  # the job's token is removed with the cluster
+    assert not slurm.scontrol_log.exists()  # a sweep that ended is not requeued
+
+
+@pytest.mark.integration
+def test_sbatch_forwards_sigterm_to_the_driver_requeues_and_resumes(tmp_path):
+    """SLURM's --signal=B:TERM (time limit near, or scancel --batch): the script forwards SIGTERM to the driver,
+    which stops cleanly (exit 143, sweep interrupted), then requeues the job; the job started again under the
+    same id resumes the sweep by its name and finishes it."""
+    from tests.test_resilience import wait_for_lines
+
+    slurm = FakeSlurm(tmp_path)
+    try:
+        proc = slurm.start(*SLURM_SWEEP, "--num-samples", "4")
+        lines = wait_for_lines(proc, " done after epoch ", 1)
+        os.kill(proc.pid, signal.SIGTERM)  # to the batch script only, as --signal=B:TERM sends it
+        out, left = slurm.finish(proc)
+        out = "".join(lines) + out
+        assert proc.returncode == 143, out
+        assert not left, f"processes outlived the script's teardown: {left}\n{out}"
+        name = f"sweep-{slurm.env['SLURM_JOB_ID']}"
+        record = json.loads((slurm.storage / name / "sweep.json").read_text())
+        assert record["state"] == "interrupted" and record["stopped_by"] == "SIGTERM", out
+        assert "interrupted by SIGTERM" in out and "Traceback" not in out
+        assert slurm.scontrol_log.read_text().split() == ["requeue", slurm.env["SLURM_JOB_ID"]]
+
+        again = slurm.start(*SLURM_SWEEP, "--num-samples", "4", SLURM_RESTART_COUNT="1")  # the requeued job
+        out2, left = slurm.finish(again)
+    finally:
+        slurm.cleanup()
+    assert again.returncode == 0, out2
+    assert f"resuming sweep {name} (restart 1)" in out2 and not left
+    record = json.loads((slurm.storage / name / "sweep.json").read_text())
+    assert record["state"] == "complete"
+    assert len(pq.read_table(slurm.storage / name / "trials.parquet").to_pylist()) == 4

@@ -59,7 +59,7 @@ def test_a_restored_experiment_reports_to_this_processes_callbacks(tmp_path, loc
     marker = tmp_path / "marker"
     path = tmp_path / "exp"
     first = Recorder()
-    grid = experiment.fit(spec, path, flaky, [first], num_samples=1, searcher=BasicVariantGenerator,
+    grid, _ = experiment.fit(spec, path, flaky, [first], num_samples=1, searcher=BasicVariantGenerator,
                           param_space={"marker": str(marker)})
     assert grid[0].error is not None and first.results == []  # failed every retry
     started_before = first.started
@@ -67,7 +67,7 @@ def test_a_restored_experiment_reports_to_this_processes_callbacks(tmp_path, loc
 
     marker.touch()
     second = Recorder()
-    grid = experiment.fit(spec, path, flaky, [second], num_samples=1, searcher=BasicVariantGenerator)
+    grid, _ = experiment.fit(spec, path, flaky, [second], num_samples=1, searcher=BasicVariantGenerator)
     assert grid[0].error is None and grid[0].metrics["val_top1"] == 42.0
     assert second.results == [42.0]  # the live instance was driven
     assert first.results == [] and first.started == started_before  # the earlier one was not

@@ -105,6 +105,6 @@ def test_every_flag_is_a_spec_field_that_build_spec_takes():
     from tuner.run import parser
     from tuner.spec import build_spec
 
-    run_only = {"resume", "add_trials", "list_spaces", "dry_run", "help"}
+    run_only = {"resume", "resume_if_exists", "add_trials", "list_spaces", "dry_run", "help"}
     dests = {a.dest for a in parser()._actions} - run_only
     assert dests == set(inspect.signature(build_spec).parameters)

@@ -244,7 +244,7 @@ def build_model(cfg: TrialConfig, num_classes: int, device: torch.device, image_
 
 
 class ImageClassifier(nn.Module):
-    """A trained net with its preprocessing: float images in [0, 1] (B, 3, H, W) -> logits.
+    """A trained net with its preprocessing: float images in [0, 1] (B, 3, H, W) -> logits (or probabilities).
 
     What gets exported and registered, so a user feeds plain images and gets the trial's behaviour.
     `input_size`: the side in pixels of the images the net was trained on (after the trial's resize); feeding
@@ -260,13 +260,15 @@ class ImageClassifier(nn.Module):
         self.image_size = image_size
         self.classes = list(classes)
         self.input_size = input_size or image_size or None
+        self.probabilities = False  # True: softmax over the classes (the registered model); else logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std
         if self.image_size and self.image_size != x.shape[-1]:
             x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                           antialias=self.image_size < x.shape[-1], align_corners=False)
-        return self.net(x)
+        logits = self.net(x)
+        return logits.softmax(dim=1) if getattr(self, "probabilities", False) else logits
 
 
 def load_checkpoint_model(path: str, device: torch.device | str = "cpu") -> tuple[ImageClassifier, TrialConfig]:

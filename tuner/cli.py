@@ -8,6 +8,7 @@ Everything else keeps its traceback: a bug should be seen, a mistake should be e
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable
@@ -21,6 +22,33 @@ EXIT_FAILED = 1  # the command ran, and what it was for did not happen (e.g. no 
 EXIT_USER_ERROR = 2  # as argparse exits on a malformed flag
 
 
+_RESUME = {"command": ""}  # how to continue the sweep at hand, once there is one (set by tuner.sweep)
+
+
+def note_resume_command(command: str) -> None:
+    _RESUME["command"] = command
+
+
+def resume_command() -> str:
+    return _RESUME["command"]
+
+
+class Interrupted(BaseException):
+    """A stop signal (Ctrl-C, SIGTERM) ended the command: exit 128 + its number, as shells report it.
+    A BaseException, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int, reported: bool = False) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.reported = reported  # the one line saying what happened was printed already
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 def console() -> Console:
     """The terminal every command prints to: no syntax highlighting of numbers and paths in our lines."""
     return Console(highlight=False)
@@ -31,7 +59,8 @@ def print_error(message: str, out: Console | None = None) -> None:
 
 
 def command(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command's main(): UserError -> one `error:` line on stdout and EXIT_USER_ERROR."""
+    """Wrap a command's main(): UserError -> one `error:` line on stdout and EXIT_USER_ERROR; a stop signal ->
+    its exit code (128 + the signal's number); Ctrl-C outside a sweep -> one line, 130, no traceback."""
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
@@ -40,6 +69,20 @@ def command(main: Callable[..., int]) -> Callable[..., int]:
         except UserError as exc:
             print_error(_escape(str(exc)))
             return EXIT_USER_ERROR
+        except Interrupted as exc:
+            if not exc.reported:
+                console().print(f"interrupted by {exc}")
+            return exc.exit_code
+        except KeyboardInterrupt:
+            console().print("interrupted by SIGINT")
+            return 130
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            then = f"; then continue with: {resume_command()}" if resume_command() else ""
+            print_error(_escape(f"the disk is full{where}: free some space{then}"))
+            return EXIT_FAILED
 
     return run
 

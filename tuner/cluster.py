@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Cluster:
     dashboard_url: str = ""  # http://HOST:PORT of the dashboard this process started ("" when joined)
     started_here: bool = False  # this process started it, and stops it when done
     token_auth: bool = False  # the driver sent an authentication token
+    reaped: int = 0  # Ray processes a killed driver had left behind, stopped before this one started
 
     def resources(self) -> list[dict[str, float]]:
         """The resources of each live node."""
@@ -46,12 +48,15 @@ def connect(address: str | None) -> Iterator[Cluster]:
     """Start or join (see `start`), and stop what was started here on the way out."""
     import ray
 
+    from tuner.stopping import shielded
+
     cluster = start(address)
     try:
         yield cluster
     finally:
         if cluster.started_here:
-            ray.shutdown()
+            with shielded():  # a second Ctrl-C must not leave Ray's processes behind
+                ray.shutdown()
 
 
 def start(address: str | None) -> Cluster:
@@ -66,6 +71,33 @@ def start(address: str | None) -> Cluster:
     if not address:
         return _start_local()
     return _join(address)
+
+
+class _LogFile(logging.FileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # a full disk fails this file too: that must not come to the terminal as logging's own traceback
+
+
+@contextlib.contextmanager
+def ray_messages_to(log_file) -> Iterator[None]:
+    """Ray's own log messages (its loggers' warnings, errors and tracebacks) go to `log_file` instead of the
+    terminal while the block runs: what reaches the user is our one-line account of what happened."""
+    ray_logger = logging.getLogger("ray")
+    handlers, level = list(ray_logger.handlers), ray_logger.level
+    handler = _LogFile(log_file, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for old in handlers:
+        ray_logger.removeHandler(old)
+    ray_logger.addHandler(handler)
+    ray_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ray_logger.removeHandler(handler)
+        handler.close()
+        for old in handlers:
+            ray_logger.addHandler(old)
+        ray_logger.setLevel(level)
 
 
 def quiet_ray() -> None:
@@ -83,6 +115,7 @@ def _init_kwargs() -> dict[str, Any]:
 def _start_local() -> Cluster:
     import ray
 
+    reaped = reap_orphans()
     port = free_port(DASHBOARD_HOST, DASHBOARD_PORT)
     for attempt in (1, 2, 3):
         try:
@@ -98,7 +131,38 @@ def _start_local() -> Cluster:
     url = context.dashboard_url or ""
     return Cluster(address=context.address_info.get("gcs_address", "local"),
                    dashboard_url=f"http://{url}" if url and "://" not in url else url, started_here=True,
-                   token_auth=_local_token_auth())
+                   token_auth=_local_token_auth(), reaped=reaped)
+
+
+def reap_orphans() -> int:
+    """Stop the Ray processes a killed driver left behind: a local instance's session folder is named after the
+    process that started it (session_<date>_<pid>); once that process is gone, its raylet and GCS go with it,
+    but the dashboard agent, the runtime-env agent and idle workers stay. Each is found by the session folder
+    it holds files in, and only when that session's driver is dead. `ray stop` removes them too (and every
+    other Ray process of this machine)."""
+    import psutil
+
+    me = psutil.Process()
+    stopped = 0
+    for proc in psutil.process_iter(["name", "cmdline", "username"]):
+        try:
+            if proc.pid == me.pid or proc.info["username"] != me.username() or not _is_ray(proc.info):
+                continue
+            owners = {int(m.group(1)) for f in proc.open_files() if (m := _SESSION.search(f.path))}
+            if owners and not any(psutil.pid_exists(pid) for pid in owners):
+                proc.kill()
+                stopped += 1
+        except (psutil.Error, OSError):
+            continue
+    return stopped
+
+
+_SESSION = re.compile(r"/session_\d{4}-\d\d-\d\d_[\d-]+_\d+_(\d+)/")  # session_<date>_<time>_<us>_<pid>/
+
+
+def _is_ray(info: dict) -> bool:
+    name, cmdline = info.get("name") or "", " ".join(info.get("cmdline") or [])
+    return name.startswith("ray::") or cmdline.startswith("ray::") or "/ray/" in cmdline or "raylet" in name
 
 
 def _local_token_auth() -> bool:

@@ -15,6 +15,7 @@ renames: a reader never sees half a file.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import os
@@ -31,6 +32,8 @@ from trainables.errors import UserError, error_line
 from tuner.spec import SweepSpec
 
 RECORD_FILE = "sweep.json"
+LOCK_FILE = ".lock"  # held (flock) by the one driver at work on the sweep; says who, in JSON
+DRIVER_LOG = "driver.log"  # Ray's own messages in the driver (kept off the terminal)
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 RESEEDS_FILE = "reseeds.parquet"
@@ -56,6 +59,9 @@ FINAL_SCHEMA = pa.schema([
     ("test_top1_mean", pa.float64()), ("test_top1_std", pa.float64())])
 
 
+_HELD: dict[str, Any] = {}  # sweep folders this process has locked -> their open lock files
+
+
 def confusion_file(family: str) -> str:
     """The confusion-matrix PNG of a model family (a timm/<name> family stays one file name)."""
     return f"confusion-{slug(family)}.png"
@@ -68,25 +74,53 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
+class SweepState(str, enum.Enum):
+    """Where a sweep stands, in sweep.json."""
+
+    RUNNING = "running"  # a driver is at work on it, or was killed (SIGKILL, a crash): --resume continues it
+    INTERRUPTED = "interrupted"  # stopped on purpose (Ctrl-C, SIGTERM) or on an error: --resume continues it
+    COMPLETE = "complete"  # every trial ran (or a budget or target ended it), the winner tested and registered
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class SweepRecord:
     """sweep.json: what --resume, --add-trials, stage 2, the report, export and sync read back."""
 
     spec: SweepSpec
+    uid: str = field(default_factory=lambda: __import__("uuid").uuid4().hex)  # tags the parent run: found again
     parent_run_id: str | None = None
     tracking_uri: str | None = None
-    completed: bool = False
-    rounds: list[dict[str, Any]] = field(default_factory=list)  # --add-trials: {"dir": "more-1", "num_samples": N}
+    state: SweepState = SweepState.RUNNING
+    stopped_by: str | None = None  # what interrupted the sweep last (a signal, an error), or ended it early
+    elapsed_s: float = 0.0  # seconds the sweep's own experiment has run, over every driver run (for --time-budget)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # --add-trials: {"dir": "more-1", "num_samples": N,
+    #                                                              "elapsed_s": seconds run}
     winner: str | None = None  # the overall winner's trial_id, once tested
     model_uri: str | None = None  # its registered model
     test: dict[str, Any] | None = None  # its test figures (tuner.final.TestResult's fields)
     stage2: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> {"name", "from_trial"}
     tags: dict[str, str] = field(default_factory=dict)  # extra tags of the parent run (e.g. stage1.*)
 
+    @property
+    def completed(self) -> bool:
+        return self.state == SweepState.COMPLETE
+
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["spec"] = self.spec.to_json()
+        out["state"] = SweepState(self.state).value
+        out["completed"] = self.completed  # for readers of sweep.json that predate `state`
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], spec: SweepSpec) -> "SweepRecord":
+        known = {f.name for f in dataclasses.fields(cls)} - {"spec"}
+        values = {k: v for k, v in data.items() if k in known}
+        state = data.get("state") or (SweepState.COMPLETE if data.get("completed") else SweepState.RUNNING)
+        return cls(spec=spec, **{**values, "state": SweepState(state)})
 
 
 class SweepFolder:
@@ -103,6 +137,38 @@ class SweepFolder:
 
     def has_record(self) -> bool:
         return self.file(RECORD_FILE).is_file()
+
+    def lock(self) -> None:
+        """Own this sweep folder for as long as this process lives: a second driver on it (the same --name twice,
+        a double-submitted job, two --resume) is one UserError naming the first. The operating system drops the
+        lock with its holder, so the lock of a killed driver is taken over at once."""
+        import fcntl
+        import socket
+        import time as clock
+
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.file(LOCK_FILE), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except ValueError:
+                holder = {}
+            handle.close()
+            raise UserError(f"sweep '{self.path.name}' is being run by another driver (pid {holder.get('pid', '?')} "
+                            f"on {holder.get('host', '?')} since {holder.get('since', '?')}); wait for it to end, or "
+                            f"stop it (Ctrl-C, or kill -INT {holder.get('pid', 'PID')}) and --resume") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "since": clock.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
+        _HELD[key] = handle  # kept open: closing it would drop the lock
 
     # --- sweep.json ---------------------------------------------------------------------------------------------
 
@@ -126,8 +192,7 @@ class SweepFolder:
                 raise TypeError("not a JSON object")
             spec = SweepSpec.from_json({**data.pop("spec"), "storage": str(self.path.parent.resolve()),
                                         "name": self.path.name})
-            known = {f.name for f in dataclasses.fields(SweepRecord)}
-            return SweepRecord(spec=spec, **{k: v for k, v in data.items() if k in known})
+            return SweepRecord.from_json(data, spec)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise UserError(f"{path} is unreadable ({error_line(exc, 120)}); it may be truncated") from None
 

@@ -104,9 +104,15 @@ def classes_of(model, info=None) -> list[str]:
     return [str(c) for c in (metadata.get("classes") or getattr(model, "classes", None) or [])]
 
 
+def outputs_of(info=None) -> str:
+    """What the model returns: "probabilities" (models registered by a sweep say so) or "logits"."""
+    return (getattr(info, "metadata", None) or {}).get("outputs", "logits")
+
+
 def predict(model, images: list, size: int, top_k: int = 3, classes: list[str] | None = None,
-            batch_size: int = 64) -> list[list[dict[str, Any]]]:
-    """Top-k (class, index, probability) per image, best first; classes without names are their index."""
+            batch_size: int = 64, outputs: str = "logits") -> list[list[dict[str, Any]]]:
+    """Top-k (class, index, probability) per image, best first; classes without names are their index.
+    `outputs`: what the model returns ("logits" are turned into probabilities here)."""
     import torch
 
     classes = list(classes if classes is not None else getattr(model, "classes", None) or [])
@@ -114,7 +120,8 @@ def predict(model, images: list, size: int, top_k: int = 3, classes: list[str] |
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = torch.stack([resize_to(image[None], size)[0] for image in images[start:start + batch_size]])
-            probs = torch.softmax(model(batch).float(), dim=1)
+            out = model(batch).float()
+            probs = out if outputs == "probabilities" else torch.softmax(out, dim=1)
             k = min(top_k, probs.shape[1])
             top = probs.topk(k, dim=1)
             for values, indices in zip(top.values.tolist(), top.indices.tolist()):
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_model(args.model_uri, args.mlflow_uri)
     size = args.size or input_size_of(model, info)
     try:
-        results = predict(model, images, size, args.top_k, classes_of(model, info))
+        results = predict(model, images, size, args.top_k, classes_of(model, info), outputs=outputs_of(info))
     except (RuntimeError, AssertionError, ValueError) as exc:  # an exported graph fixed to another size
         raise UserError(f"the model rejected {size}x{size} images: {str(exc).strip().splitlines()[0][:200]}") \
             from None

@@ -36,8 +36,8 @@ def run_reseeds(spec: SweepSpec, folder: SweepFolder, rows: list[dict], trainabl
     console.print(f"re-training the top {spec.reseed_top} config(s) of each model with {spec.reseed} new seed(s): "
                   f"{len(points)} trials")
     searcher, param_space = experiment.preset_points(points) if points else (None, None)
-    grid = experiment.fit(spec, path, trainable, callbacks, num_samples=len(points), searcher=lambda: searcher,
-                          param_space=param_space, scheduler=FIFOScheduler())
+    grid, _ = experiment.fit(spec, path, trainable, callbacks, num_samples=len(points), searcher=lambda: searcher,
+                             param_space=param_space, scheduler=FIFOScheduler())
     reseed_rows = results.merge(earlier, results.trial_rows(grid))
     folder.write_trials(reseed_rows, RESEEDS_FILE)
     return reseed_rows

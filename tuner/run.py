@@ -12,9 +12,9 @@ from rich.table import Table
 
 from trainables.errors import UserError
 from tuner import cli
-from tuner.folder import TRIALS_FILE, Sweep, SweepFolder
+from tuner.folder import RECORD_FILE, TRIALS_FILE, Sweep, SweepFolder
 from tuner.results import COMPLETED, UNSUCCESSFUL
-from tuner.spec import add_flags, build_spec, flag_values
+from tuner.spec import add_flags, build_spec, check_name, flag_values
 
 EXIT_USER_ERROR = cli.EXIT_USER_ERROR  # kept for callers of tuner.run
 
@@ -23,7 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.run", description="Tune an image classifier: a named search "
                                 "space, Optuna (TPE) + ASHA on Ray Tune, every trial tracked in MLflow.")
     add_flags(p)  # one flag per SweepSpec field (tuner.spec)
-    p.add_argument("--resume", action="store_true", help="continue the sweep --storage/--name after a crash")
+    p.add_argument("--resume", action="store_true", help="continue the sweep --storage/--name after a crash or a stop")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="with --name: resume that sweep if it is there, else start it (for jobs a scheduler may "
+                        "restart: a SLURM requeue, a Kubernetes retry)")
     p.add_argument("--add-trials", type=int, metavar="N",
                    help="grow the finished sweep --storage/--name by N trials; the searcher keeps its history")
     p.add_argument("--list-spaces", action="store_true", help="list the search spaces and exit")
@@ -35,12 +38,23 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # argparse prints usage + message and exits 2 on a malformed flag: already one clear line, kept as is
     args = parser().parse_args(argv)
-    console = cli.console()
+    from tuner.stopping import signals_handled
+
+    with signals_handled():  # Ctrl-C / SIGTERM: a clean stop, recorded, exit 130 / 143
+        return _main(args, cli.console())
+
+
+def _main(args: argparse.Namespace, console: Console) -> int:
     if args.list_spaces:
         print_spaces(console)
         return cli.EXIT_OK
     if not args.space:
         raise UserError("name a search space with --space NAME (see --list-spaces)")
+    if args.resume_if_exists:
+        if not args.name:
+            raise UserError("--resume-if-exists needs --name NAME: the sweep to resume, or to start under that name")
+        check_name(args.name)
+        args.resume = (Path(args.storage).expanduser().resolve() / args.name / RECORD_FILE).is_file()
     if args.resume or args.add_trials is not None:
         return _continue(args, console)
     spec = build_spec(**flag_values(args))
@@ -67,13 +81,14 @@ def _continue(args: argparse.Namespace, console: Console) -> int:
         raise UserError(f"--add-trials must be a positive integer, got {args.add_trials}")
     if not args.name:
         raise UserError(f"{flag} needs --name NAME (and the same --storage) of the sweep")
+    check_name(args.name)
     folder = SweepFolder(Path(args.storage).expanduser().resolve() / args.name)
     if not folder.has_record():
         what = "to resume" if args.resume else "to grow"
         raise UserError(f"no sweep {what} at {folder.path}; check --storage and --name"
                         + (" (or drop --resume)" if args.resume else ""))
     record = folder.read_record()
-    spec = record.spec
+    spec = _with_this_run(record, args)
     if args.space != spec.space:
         raise UserError(f"sweep '{spec.name}' was made with space '{spec.space}', not '{args.space}'")
     two_stage = spec.search_space.then is not None
@@ -92,6 +107,32 @@ def _continue(args: argparse.Namespace, console: Console) -> int:
     from tuner.sweep import run_sweep
 
     return _finish([run_sweep(spec, resume=args.resume, add_trials=add, console=console)], console)
+
+
+def _with_this_run(record, args: argparse.Namespace):
+    """What may change between runs of one sweep, given with --resume or --add-trials, replaces the recorded
+    value: where it runs (--address: a new cluster after a requeue), where the data is (--data-dir), and its
+    ends (--time-budget, --stop-at). The rest of the spec is the sweep's own; its MLflow is the one it used."""
+    import dataclasses
+
+    from tuner.spec import parse_duration, parse_target
+
+    spec = record.spec
+    if args.mlflow_uri and record.tracking_uri and args.mlflow_uri != record.tracking_uri:
+        raise UserError(f"sweep '{spec.name}' is tracked in MLflow at {record.tracking_uri}, not {args.mlflow_uri}; "
+                        f"to continue it there, first replay it: python -m tuner.sync {spec.sweep_dir} "
+                        f"--mlflow-uri {args.mlflow_uri}")
+    spec = dataclasses.replace(spec, mlflow_uri=record.tracking_uri or spec.mlflow_uri)
+    if args.address is not None:
+        spec = dataclasses.replace(spec, address=args.address)
+    if args.data_dir is not None:
+        spec = dataclasses.replace(spec, data_dir=str(Path(args.data_dir).expanduser().resolve()))
+    if args.time_budget is not None:
+        spec = dataclasses.replace(spec, time_budget_s=parse_duration(args.time_budget))
+    if args.stop_at is not None:
+        parse_target(args.stop_at)
+        spec = dataclasses.replace(spec, stop_at=args.stop_at)
+    return spec
 
 
 def _stages_pending(folder: SweepFolder) -> bool:

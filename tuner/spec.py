@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from search_spaces import SPACES, SearchSpace, get_space
 from trainables.config import HUB, TrialConfig, parse_value
 from trainables.data import DATASETS
 from trainables.errors import UserError
+from tuner.stopping import Target, parse_duration
+from tuner.stopping import parse_target as stopping_target
 
 @dataclass(frozen=True)
 class Flag:
@@ -76,10 +79,20 @@ class SweepSpec:
     seed: int = _field(0, Flag("seed of the searcher and of the trials", default=0, type=int))
     warm_start: str | None = _field(None, Flag(  # an earlier sweep's folder whose best configs run first
         "run the best configs of an earlier sweep (its STORAGE/NAME folder) first", metavar="SWEEP_DIR"))
+    time_budget_s: float | None = _field(None, Flag(  # seconds; the budget spent so far is in sweep.json
+        "end the sweep cleanly after this long, e.g. 90m, 2h: running trials stop, the best so far is tested and "
+        "registered", name="--time-budget", dest="time_budget", metavar="DURATION"))
+    stop_at: str | None = _field(None, Flag(  # METRIC=VALUE, checked by build_spec
+        "end the sweep once a trial reaches a target, e.g. val_top1=95", metavar="METRIC=VALUE"))
     reseed: int = _field(0, Flag("re-train each model's top configs with K new seeds; pick and report mean ± std",
                                  default=0, type=int, metavar="K"))
     reseed_top: int = _field(3, Flag("configs per model to re-train (3)", default=3, type=int, metavar="N"))
     then_dataset: str | None = _field(None)  # a two-stage space's stage-2 data set: --dataset if given, else its own
+    model_name: str | None = _field(None)  # the registered model's name (default SPACE-DATASET; stage 2: per family)
+
+    @property
+    def registered_name(self) -> str:
+        return self.model_name or f"{self.space}-{self.dataset}"
 
     @property
     def sweep_dir(self) -> Path:
@@ -101,6 +114,15 @@ class SweepSpec:
         return [k for k, v in self.param_space().items() if isinstance(v, Domain) or
                 (isinstance(v, dict) and "grid_search" in v)]
 
+    def described_space(self) -> dict[str, str]:
+        """Every key of the param space as `search.KEY` (its distribution) or `fixed.KEY` (its value): the parent
+        run's params, so searched and fixed keys are told apart."""
+        out = {}
+        for key, value in self.param_space().items():
+            searched = isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)
+            out[f"{'search' if searched else 'fixed'}.{key}"] = describe_domain(value)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """Without storage and name: a sweep folder's own place says where it is (copies and moves keep working)."""
         data = dataclasses.asdict(self)
@@ -111,6 +133,27 @@ class SweepSpec:
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def describe_domain(value: Any) -> str:
+    """A Ray Tune domain as the words a space file uses: loguniform(0.0001, 0.01), choice(['a', 'b']),
+    qrandint(1, 10, 2), grid([...]); a plain value as itself."""
+    if isinstance(value, dict) and "grid_search" in value:
+        return f"grid({list(value['grid_search'])})"
+    if not isinstance(value, Domain):
+        return str(value)
+    sampler = value.get_sampler()
+    q = getattr(sampler, "q", None)
+    inner = type(getattr(sampler, "sampler", sampler)).__name__
+    if hasattr(value, "categories"):
+        return f"choice({list(value.categories)})"
+    integer = type(value).__name__ == "Integer"
+    kind = {"_LogUniform": "log", "_Normal": "normal"}.get(inner, "")
+    name = ("q" if q else "") + ("lograndint" if integer and kind == "log" else "randint" if integer else
+                                 "loguniform" if kind == "log" else "randn" if kind == "normal" else "uniform")
+    if name == "qrandint" or name.startswith("qlog") or name == "quniform":
+        return f"{name}({value.lower}, {value.upper}, {q})"
+    return f"{name}({value.lower}, {value.upper})"
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +175,8 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
                max_concurrent: int | None = None,
                address: str | None = None, mlflow_uri: str | None = None, storage: str = "sweeps",
                name: str | None = None, seed: int = 0, reseed: int = 0, reseed_top: int = 3,
-               warm_start: str | None = None) -> SweepSpec:
+               warm_start: str | None = None, time_budget: str | float | None = None,
+               stop_at: str | None = None) -> SweepSpec:
     """Check every user choice and return a spec, or raise UserError naming the first mistake."""
     chosen = get_space(space)
     if chosen is None:
@@ -161,6 +205,11 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         raise UserError(f"--reseed must be >= 0 and --reseed-top >= 1, got {reseed} and {reseed_top}")
     if warm_start is not None:  # its trials are read (and checked) by tuner.experiment.warm_start_points
         warm_start = str(Path(warm_start).expanduser().resolve())
+    if not 0 <= seed <= MAX_SEED:  # Optuna's and numpy's seeds are 32-bit
+        raise UserError(f"--seed must lie in [0, {MAX_SEED}], got {seed}")
+    budget = None if time_budget is None else parse_duration(str(time_budget))
+    if stop_at is not None:
+        parse_target(stop_at)
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent must be a positive integer, got {max_concurrent}")
     gpus_per_trial = parse_gpus(gpus_per_trial)
@@ -168,6 +217,8 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         raise UserError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
     if gpus_per_trial != "auto" and gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
         raise UserError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be a whole number of GPUs")
+    if name is not None:
+        check_name(name)
     spec = SweepSpec(
         space=space, dataset=dataset, num_samples=num_samples, max_epochs=max_epochs,
         storage=_storage_path(storage), name=name or f"{space}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -175,9 +226,28 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         overrides=overrides, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         memory_per_trial=parse_memory(memory_per_trial),
         max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed, reseed=reseed,
-        reseed_top=reseed_top, warm_start=warm_start, then_dataset=then_dataset)
+        reseed_top=reseed_top, warm_start=warm_start, then_dataset=then_dataset, time_budget_s=budget,
+        stop_at=stop_at)
     validate_trial_configs(spec)
     return spec
+
+
+MAX_SEED = 2 ** 31 - 1
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}")
+
+
+def check_name(name: str) -> str:
+    """A sweep name is one folder name inside --storage: nothing that could reach outside it."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"--name {name!r}: a sweep name is one folder name inside --storage: letters, digits and "
+                        f". _ + = @ -, starting with a letter or digit, at most 128 characters")
+    return name
+TARGET_METRICS = ("val_top1", "val_top5", "best_val_top1", "val_loss", "train_loss")  # what --stop-at may name
+
+
+def parse_target(text: str) -> Target:
+    """--stop-at METRIC=VALUE as a stopping.Target (losses are minimised, accuracies maximised)."""
+    return stopping_target(text, TARGET_METRICS, lambda m: "min" if m.endswith("loss") else "max")
 
 
 def parse_gpus(value: float | str) -> float | str:

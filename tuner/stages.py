@@ -53,8 +53,10 @@ def stage2_spec(spec: SweepSpec, name: str, row: dict[str, Any]) -> SweepSpec:
     weights, and none of stage 1's warm start or reseeding (they were about stage 1's search)."""
     stage2 = spec.search_space.then
     carried = {k: row[k] for k in TrialConfig.tagged(ARCHITECTURE) if row.get(k) is not None}
+    dataset = spec.then_dataset or stage2.dataset
     next_spec = dataclasses.replace(
-        spec, space=stage2.name, name=name, dataset=spec.then_dataset or stage2.dataset, then_dataset=None,
+        spec, space=stage2.name, name=name, dataset=dataset, then_dataset=None,
+        model_name=f"{spec.space}-{slug(str(row['model']))}-{dataset}",  # one registered model per family
         max_epochs=spec.overrides.get("max_epochs", stage2.max_epochs), warm_start=None, reseed=0,
         overrides={**carried, **{k: v for k, v in spec.overrides.items() if k in CARRIED},
                    "pretrained": str(Path(row["checkpoint"]) / CHECKPOINT_FILE)})

@@ -8,17 +8,18 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tuner import cli, tracking
+from tuner import cli, registry, tracking
 from tuner.final import FamilyResult
 from tuner.folder import RESEED_DIR, Sweep, SweepFolder
 
 
-def sync(sweep_dir: Path, mlflow_uri: str | None = None) -> dict[str, int]:
-    """Make MLflow hold one child run per trial with every reported epoch; returns what was added."""
+def sync(sweep_dir: Path, mlflow_uri: str | None = None, *, own_parent: bool = False) -> dict[str, int]:
+    """Make MLflow hold one child run per trial with every reported epoch; returns what was added.
+    `own_parent`: replay into a new parent run (a copied sweep folder, apart from the original's)."""
     folder = SweepFolder(sweep_dir)
     sweep = folder.load(need_trials=False)
     client = tracking.connect(mlflow_uri or sweep.record.tracking_uri)
-    parent_run_id, experiment_id = _parent_run(sweep, client)
+    parent_run_id, experiment_id = _parent_run(sweep, client, own_parent)
     statuses = {r["trial_id"]: r for r in sweep.trials + sweep.reseeds}  # when written: the sweep's trials
     added = {"runs": 0, "epochs": 0, "closed": 0}
     # the first round's trials, then those of each --add-trials round (more-N/) and of --reseed (reseed*/)
@@ -37,25 +38,25 @@ def sync(sweep_dir: Path, mlflow_uri: str | None = None) -> dict[str, int]:
             if int(result["epoch"]) not in logged:
                 tracking.log_epoch(client, run_id, result)
                 added["epochs"] += 1
-        row = statuses.get(trial_id)
-        if row is not None and client.get_run(run_id).info.status == "RUNNING":
-            tracking.end_trial_run(client, run_id, row["status"], results[-1], row.get("error"))
-            added["closed"] += 1
     if statuses:
         tracking.retire_lost_runs(client, parent_run_id, set(statuses))
+        added["closed"] += tracking.reconcile_runs(client, parent_run_id, list(statuses.values()))
     added["closed"] += _sync_outcome(sweep, client, parent_run_id)
     return added
 
 
-def _parent_run(sweep: Sweep, client) -> tuple[str, str]:
+def _parent_run(sweep: Sweep, client, own_parent: bool) -> tuple[str, str]:
     """The sweep's parent run on this server; created (and recorded) when the server does not have it."""
     record, spec = sweep.record, sweep.spec
     try:
+        if own_parent:
+            raise LookupError("a parent run of its own")
         return record.parent_run_id, client.get_run(record.parent_run_id).info.experiment_id
     except Exception:  # noqa: BLE001 - the parent is not on this server (another server, or a wiped store)
         parent_run_id = tracking.start_parent_run(
             client, experiment=spec.space, run_name=spec.name,
-            tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(sweep.path), "synced": "true"},
+            tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(sweep.path.resolve()),
+                  "synced": "true", "sweep.state": record.state.value},
             params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs})
         sweep.folder.write_record(dataclasses.replace(record, parent_run_id=parent_run_id,
                                                       tracking_uri=tracking.current_uri()))
@@ -67,7 +68,7 @@ def _sync_outcome(sweep: Sweep, client, parent_run_id: str) -> int:
     parent_metrics = client.get_run(parent_run_id).data.metrics
     finals = [FamilyResult.from_row(r) for r in sweep.final or []]
     if any(f"test_top1.{f.family}" not in parent_metrics for f in finals):
-        tracking.log_finals(client, parent_run_id, finals, sweep.path)
+        registry.log_finals(client, parent_run_id, finals, sweep.path)
     test, winner = sweep.record.test, sweep.record.winner
     if test and "test_top1" not in parent_metrics:
         for key in ("top1", "top5", "loss"):
