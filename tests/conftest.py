@@ -56,6 +56,12 @@ class MlflowServer:
         wait_http(f"{self.uri}/health", proc=self.proc)
         return self
 
+    def kill(self) -> None:
+        """Gone at once, as when its machine dies: no goodbye to its clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
@@ -96,3 +102,59 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: 
                 img[(c * 3) % size::(c + 2), :, :] = 250
                 Image.fromarray(img).save(folder / f"{i}.png")
     return root
+
+
+def digits_images(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits (real scans) as (N, size, size) uint8 grayscale: train and test parts, with labels."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = F.interpolate(torch.from_numpy(digits.images / 16.0).float()[:, None], size=(size, size),
+                           mode="bilinear", align_corners=False)[:, 0]
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    labels = digits.target.astype(np.int64)
+    return images[:1400], labels[:1400], images[1400:], labels[1400:]
+
+
+def write_mnist_folder(root: Path, kind: str = "MNIST") -> Path:
+    """torchvision's on-disk MNIST layout (ROOT/<kind>/raw/ with the four unpacked idx files) holding digits."""
+    import struct
+
+    train_x, train_y, test_x, test_y = digits_images(28)
+    raw = root / kind / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, x, y in (("train", train_x, train_y), ("t10k", test_x, test_y)):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, len(x), 28, 28) + x.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, len(y))
+                                                          + y.astype(np.uint8).tobytes())
+    return root
+
+
+def write_npz(path: Path, layout: str = "NHWC", size: int = 32, **extra) -> Path:
+    """An .npz of the user's own: digits as uint8 RGB in `layout` (NHWC, NCHW or NHW), train and test parts."""
+    train_x, train_y, test_x, test_y = digits_images(size)
+    shape = {"NHWC": lambda x: np.repeat(x[..., None], 3, -1), "NCHW": lambda x: np.repeat(x[:, None], 3, 1),
+             "NHW": lambda x: x}[layout]
+    arrays = {"train_x": shape(train_x), "train_y": train_y, "test_x": shape(test_x), "test_y": test_y}
+    np.savez(path, **{**arrays, **extra})
+    return path
+
+
+def write_photo_folder(root: Path, classes: int = 3, per_class: int = 40, val_per_class: int = 10,
+                       size: tuple[int, int] = (500, 375), quality: int = 90, seed: int = 0) -> Path:
+    """An ImageNet-style folder of real JPEG files at photo size (500x375): benchmarks.photos' generator."""
+    from benchmarks.photos import write_photo_folder as write
+
+    return write(root, classes, per_class, val_per_class, size, quality, seed)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """Decoded image folders go to a folder of this test session ($SWEEPS_DATA_CACHE, which every CLI subprocess
+    and Ray worker the tests start inherits), never to the user's ~/.cache/sweeps."""
+    root = tmp_path_factory.mktemp("data-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SWEEPS_DATA_CACHE", str(root))
+        yield root

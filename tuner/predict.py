@@ -33,22 +33,19 @@ def resize_to(images, size: int):
 
 
 def read_image(path: str | Path):
-    """An image file as a float tensor (3, H, W) in [0, 1]; a missing or unreadable file is a UserError."""
-    import numpy as np
+    """An image file as a float tensor (3, H, W) in [0, 1], converted exactly as a folder's cache decodes it
+    (trainables.images: high bit depth scaled, alpha composited, palette and CMYK converted, EXIF orientation);
+    a missing or unreadable file is a UserError."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+
+    from trainables.images import read_rgb
 
     file = Path(path)
     if not file.exists():
         raise UserError(f"image {file} does not exist")
     if not file.is_file():
         raise UserError(f"image {file} is not a file")
-    try:
-        with Image.open(file) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"image {file} cannot be read ({type(exc).__name__}: not an image PIL can decode)") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(read_rgb(file).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None):
