@@ -36,7 +36,8 @@ def _knob(default: Any, help: str, *, choices: tuple | None = None, min: float |
 @dataclass(frozen=True)
 class TrialConfig:
     # model
-    model: str = _knob("resnet18", "model name: a registered one (see trainables.models) or timm/<name>", tags=SHAPE)
+    model: str = _knob("resnet18", "model name: a registered one (see trainables.models), timm/<name>, or your own "
+                                   "package.module:factory", tags=SHAPE)
     width: float = _knob(1.0, "channel width multiplier of the built-in CIFAR nets", min=0.05, max=8.0, tags=SHAPE)
     drop_rate: float = _knob(0.0, "dropout before the classifier", min=0.0, max=0.95)
     drop_path: float = _knob(0.0, "stochastic depth (drop-path) rate", min=0.0, max=0.95)

@@ -6,6 +6,8 @@ no data files, starts no Ray and writes nothing to MLflow, so a space's configs 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -28,8 +30,11 @@ def dry_run(spec: SweepSpec, console: Console, samples: int = 3) -> list[dict]:
         table.add_column(column, justify="right" if column != "searched values" else "left")
     searched = spec.searched_keys()
     rows = []
+    unloaded = False
     for i, config in enumerate(sample_configs(spec, samples)):
         cfg = TrialConfig.from_dict(config)
+        if cfg.pretrained or spec.search_space.requires.get("pretrained"):
+            cfg, unloaded = dataclasses.replace(cfg, pretrained=""), True  # weights change nothing checked here
         size = cfg.image_size or stored_size
         model = build_model(cfg, num_classes, torch.device("cpu"))
         act_bytes = step_activation_bytes(model, num_classes, size)
@@ -39,6 +44,8 @@ def dry_run(spec: SweepSpec, console: Console, samples: int = 3) -> list[dict]:
                       f"{per_image * cfg.batch_size:.0f} (b{cfg.batch_size})",
                       " ".join(f"{k}={_short(config[k])}" for k in searched))
     console.print(table)
+    if unloaded:
+        console.print("pretrained weights were not loaded: a dry run builds the models with random weights")
     console.print("every config built and stepped: no data read, no sweep started, nothing logged")
     return rows
 
@@ -65,14 +72,26 @@ def _short(value) -> str:
 
 
 def preflight_models(spec: SweepSpec, num_classes: int, image_size: int, samples: int = 8) -> None:
-    """Build each distinct model a sweep samples (and load its pretrained weights) on the driver, so a model that
-    cannot be built or a weights file that does not fit is one clear line now, not a failed trial later."""
+    """Build each distinct model a sweep samples (and load its pretrained weights) on the driver, and run it on a
+    two-image batch at its image size, so a model that cannot be built, a weights file that does not fit or an image
+    size a model cannot take is one clear line now, not a failed trial later. Every combination of the space's
+    categorical memory/architecture choices (model x image size ...) is covered, besides `samples` sampled ones."""
     from trainables.classify import build_model
+    from trainables.errors import UserError, error_line
+    from tuner.packing import memory_configs
 
     seen = set()
-    for config in sample_configs(spec, samples):
+    for config in sample_configs(spec, samples) + memory_configs(spec):
         cfg = TrialConfig.from_dict(config)
         key = tuple(getattr(cfg, k) for k in TrialConfig.tagged(ARCHITECTURE)) + (cfg.pretrained,)
-        if key not in seen:
-            seen.add(key)
-            build_model(cfg, num_classes, torch.device("cpu"), cfg.image_size or image_size)
+        if key in seen:
+            continue
+        seen.add(key)
+        size = cfg.image_size or image_size
+        model = build_model(cfg, num_classes, torch.device("cpu"), size).eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(TINY_BATCH, 3, size, size))
+        except Exception as exc:  # noqa: BLE001 - shape errors surface as RuntimeError, AssertionError, ...
+            raise UserError(f"model {cfg.model} cannot take {size}px images ({error_line(exc, 160)}); choose "
+                            f"another image_size (--set image_size=N) or model") from None

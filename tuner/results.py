@@ -32,7 +32,7 @@ COMPLETED = (TrialStatus.FINISHED, TrialStatus.EARLY_STOPPED, TrialStatus.STOPPE
 UNSUCCESSFUL = (TrialStatus.FAILED, TrialStatus.DIVERGED, TrialStatus.OOM)
 # what a Ray error or a trial's traceback says when a trial ran out of memory
 OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "running low on memory",
-               "Cannot allocate memory")
+               "Cannot allocate memory", "can't allocate memory", "not enough memory", "MemoryError")
 
 
 def error_status(error: BaseException | str | None) -> TrialStatus:
@@ -48,7 +48,7 @@ def trial_status(last_result: dict[str, Any], *, errored: bool, max_epochs: int,
         return error_status(error)
     if last_result.get("diverged"):
         return TrialStatus.DIVERGED
-    if int(last_result.get("epoch", 0)) >= max_epochs:
+    if int(last_result.get("epoch", 0)) >= max(max_epochs, 1):
         return TrialStatus.FINISHED
     return TrialStatus.EARLY_STOPPED if last_result.get("early_stopped") else TrialStatus.STOPPED
 
