@@ -23,7 +23,8 @@ import numpy as np
 
 NOT_MEASURED_NO_GPU = "not measured: no GPU"
 SKIPPED = "not measured: skipped (--only)"
-FIGURES = ("trainable_vs_bare", "augment_vs_torchvision", "per_trial_overhead_s", "asha", "gpu")
+FIGURES = ("trainable_vs_bare", "augment_vs_torchvision", "per_trial_overhead_s", "asha", "gpu", "folder_decode",
+           "data_ready", "driver_memory", "node_memory")
 GPU_MODELS = ("cnn_basic", "resnet18", "resnet50", "vit_scratch")
 
 
@@ -48,6 +49,8 @@ TARGETS = {
     "augment_vs_torchvision": Target(10, at_least=True),  # BatchAugment / torchvision images/s, on CPU
     "per_trial_overhead_s": Target(1.0, at_least=False, unit=" s"),  # seconds a trial adds, our configuration
     "asha_epoch_fraction": Target(0.4, at_least=False),  # epochs of TPE + ASHA / epochs of full random search
+    # the driver's peak memory while preparing a folder, beyond its libraries, per decoded training byte
+    "driver_rss_per_decoded_byte": Target(1.3, at_least=False),
 }
 
 
@@ -92,12 +95,17 @@ class Settings:
     gpu_epochs: int = 3  # the first is warm-up
     packing: tuple[int, ...] = (1, 2, 4, 8)
     packing_model: str = "resnet18"
+    # 6-9. image folders (generated JPEGs, 500x375)
+    folder_images: int = 1000  # decode race, data-ready times, node memory
+    folder_size: int = 224  # the stored size (imagenet100_ablation's)
+    rss_folder_images: tuple[int, ...] = (250, 500, 1000)  # three folder sizes for the driver-memory slope
+    node_trials: tuple[int, ...] = (1, 2, 4)  # concurrent trials on the same data
 
 
 SETTINGS = {
     "full": Settings("full", train_images=768, train_rounds=8, ray_epochs=9, aug_images=16384, aug_epochs=3,
                      report_calls=20, import_repeats=3, asha_trials=32, asha_epochs=12, seed_repeats=3,
-                     gpu_images=50_000, gpu_epochs=4),
+                     gpu_images=50_000, gpu_epochs=4, folder_images=3000, rss_folder_images=(750, 1500, 3000)),
     "quick": Settings("quick"),
     "tiny": Settings("tiny", train_width=0.25, train_images=64, train_batch=32, train_rounds=1, ray_epochs=2,
                      small_rounds=0,
@@ -105,7 +113,8 @@ SETTINGS = {
                      overhead_train_images=32, report_calls=2, import_repeats=0, actor_probes=1, asha_trials=3,
                      asha_epochs=2, asha_train_images=96, seed_repeats=1,
                      gpu_models=("cnn_basic",), gpu_images=128, gpu_batch=32, gpu_epochs=2, packing=(1, 2),
-                     packing_model="cnn_basic"),
+                     packing_model="cnn_basic", folder_images=40, folder_size=32, rss_folder_images=(20, 60),
+                     node_trials=(1, 2)),
 }
 
 

@@ -12,6 +12,8 @@ from benchmarks.common import TARGETS
 
 TRAINABLE, AUGMENT = TARGETS["trainable_vs_bare"], TARGETS["augment_vs_torchvision"]
 OVERHEAD, ASHA = TARGETS["per_trial_overhead_s"], TARGETS["asha_epoch_fraction"]
+DRIVER_RSS = TARGETS["driver_rss_per_decoded_byte"]
+MIB = 2 ** 20
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
@@ -32,6 +34,7 @@ def print_report(result: dict[str, Any], console) -> None:
         print_overhead_detail(po, console)
     if isinstance(ad, dict):
         print_asha_detail(ad, console)
+    print_data_detail(result, console)
     console.print(f"total {result['total_wall_s']:.0f} s")
 
 
@@ -64,7 +67,7 @@ def figures_table(result: dict[str, Any]):
         table.add_column(col, justify="left" if col == "figure" else "right")
     rows = (trainable_rows(result["trainable_vs_bare"]) + augment_rows(result["augment_vs_torchvision"])
             + overhead_rows(result["per_trial_overhead_s"]) + asha_rows(result["asha_details"])
-            + gpu_rows(result["gpu_images_per_s"], result["packing_speedup"]))
+            + gpu_rows(result["gpu_images_per_s"], result["packing_speedup"]) + data_rows(result))
     for row in rows:
         table.add_row(*row)
     return table
@@ -201,3 +204,56 @@ def print_asha_detail(ad: dict[str, Any], console) -> None:
                       f"(grace {ad['asha_settings']['grace_period']}, reduction "
                       f"{ad['asha_settings']['reduction_factor']}): epoch fraction {sim['mean']:.2f} on average, "
                       f"{sim['p10']:.2f}-{sim['p90']:.2f} (10th-90th percentile)")
+
+
+def data_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The image-folder figures: decode speed, data-ready time, driver memory slope, node memory."""
+    fd, dr, dm, nm = (result.get(k, "not measured") for k in ("folder_decode", "data_ready", "driver_memory",
+                                                               "node_memory"))
+    rows = []
+    if isinstance(fd, dict):
+        rows.append((f"folder_decode: images/s at {fd['image_size']} px, {fd['workers']} workers vs torchvision",
+                     num(fd["ours_images_per_s"], ".0f"), num(fd["torchvision_images_per_s"], ".0f"),
+                     num(fd["ratio"], ".2f"), "", "-"))
+    else:
+        rows.append(("folder_decode", str(fd), "", "", "", "-"))
+    if isinstance(dr, dict):
+        rows.append(("data_ready: second sweep vs first, s", num(dr["second_s"], ".2f"), num(dr["first_s"], ".2f"),
+                     num(dr["ratio"], ".3f"), "", "-"))
+    if isinstance(dm, dict):
+        rows.append(("driver_rss_per_decoded_byte at the largest folder (vs previous loader)",
+                     num(dm["ours_growth_at_largest"], ".3f"), num(dm["previous_growth_at_largest"], ".2f"),
+                     num(dm["ours_growth_at_largest"] / dm["previous_growth_at_largest"], ".3f"), str(DRIVER_RSS),
+                     met(DRIVER_RSS.met(dm["ours_growth_at_largest"]))))
+        rows.append(("  slope of peak driver RSS over decoded bytes", num(dm["ours_slope"], ".3f"),
+                     num(dm["previous_slope"], ".2f"), "", "", "-"))
+    if isinstance(nm, dict):
+        for k in (str(t) for t in nm["trials"]):
+            rows.append((f"node_memory: {k} trial(s), MiB (sum of PSS) vs own copies", num(
+                nm["ours"][k]["pss_bytes"] / MIB, ".0f"), num(nm["own_copies"][k]["pss_bytes"] / MIB, ".0f"),
+                num(nm["ours"][k]["pss_bytes"] / nm["own_copies"][k]["pss_bytes"], ".2f"), "", "-"))
+    return rows
+
+
+def print_data_detail(result: dict[str, Any], console) -> None:
+    fd, dr, dm, nm = (result.get(k) for k in ("folder_decode", "data_ready", "driver_memory", "node_memory"))
+    if isinstance(fd, dict):
+        console.print(f"folder_decode: {fd['images']} JPEGs (500x375) to uint8 {fd['image_size']} px: ours "
+                      f"{fd['ours_decode_s']:.1f} s decoding, {fd['ours_end_to_end_s']:.1f} s end to end "
+                      f"({fd['ours_end_to_end_images_per_s']:.0f} images/s: listing, decoding, writing and flushing "
+                      f"the cache, {fd['ours_flush_s']:.1f} s of it the flush); torchvision ImageFolder + "
+                      f"DataLoader({fd['workers']} workers) {fd['torchvision_s']:.1f} s")
+    if isinstance(dr, dict):
+        console.print(f"data_ready: {dr['images']} images, {dr['decoded_bytes'] / MIB:.0f} MiB decoded: first sweep "
+                      f"{dr['first_s']:.2f} s (decoding), second {dr['second_s']:.3f} s (listing + memory-map)")
+    if isinstance(dm, dict):
+        points = ", ".join(f"{o['images']} images: {o['growth_per_decoded_byte']:.3f}x vs "
+                           f"{p['growth_per_decoded_byte']:.2f}x"
+                           for o, p in zip(dm["points"]["ours"], dm["points"]["previous"]))
+        console.print(f"driver_memory (peak RSS beyond the libraries / decoded training bytes, ours vs previous "
+                      f"loader): {points}")
+    if isinstance(nm, dict):
+        console.print(f"node_memory: decoded train+val {nm['decoded_train_val_bytes'] / MIB:.0f} MiB, pickled for "
+                      f"each trial in {nm['pickled_bytes']} bytes; each extra trial adds "
+                      f"{nm['ours_bytes_per_extra_trial'] / MIB:.0f} MiB (memory-mapped) vs "
+                      f"{nm['own_copies_bytes_per_extra_trial'] / MIB:.0f} MiB (own copy)")

@@ -17,7 +17,10 @@ from benchmarks import printer
 from benchmarks.asha_vs_random import bench_asha_vs_random
 from benchmarks.augment_vs_torchvision import bench_augment_vs_torchvision
 from benchmarks.common import FIGURES, NOT_MEASURED_NO_GPU, SETTINGS, SKIPPED, Settings, machine_info, start_ray
+from benchmarks.driver_memory import bench_driver_memory
+from benchmarks.folder_decode import bench_data_ready, bench_folder_decode
 from benchmarks.gpu import bench_gpu
+from benchmarks.node_memory import bench_node_memory
 from benchmarks.per_trial_overhead import bench_per_trial_overhead
 from benchmarks.trainable_vs_bare import bench_trainable_vs_bare
 
@@ -67,6 +70,14 @@ def run(settings: Settings, only: tuple[str, ...] = FIGURES, console=None) -> di
         else:
             gpu = packing = NOT_MEASURED_NO_GPU if "gpu" in only else SKIPPED
         result["gpu_images_per_s"], result["packing_speedup"] = gpu, packing
+        result["folder_decode"] = step("folder_decode", "folder decode vs torchvision ImageFolder + DataLoader",
+                                       lambda: bench_folder_decode(settings, storage))
+        result["data_ready"] = step("data_ready", "data-ready time of a first and a second sweep",
+                                    lambda: bench_data_ready(settings, storage))
+        result["driver_memory"] = step("driver_memory", "driver peak memory at three folder sizes",
+                                       lambda: bench_driver_memory(settings, storage))
+        result["node_memory"] = step("node_memory", "node memory with 1, 2, 4 trials on the same data",
+                                     lambda: bench_node_memory(settings, storage))
     finally:
         if ray.is_initialized():
             ray.shutdown()
