@@ -60,5 +60,84 @@ def test_cifar_missing_files_say_where_to_put_them(tmp_path):
 
 
 def test_unknown_dataset():
-    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
-        load_dataset("mnist")
+    with pytest.raises(UserError, match="unknown dataset 'imagenet21k'"):
+        load_dataset("imagenet21k")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW", "NHW"])
+def test_npz_in_any_layout_is_served_as_nchw_rgb(tmp_path, layout):
+    from tests.conftest import write_npz
+
+    splits = load_dataset("npz", write_npz(tmp_path / "d.npz", layout, classes=np.array([f"d{i}" for i in range(10)])))
+    assert splits.train_x.shape[1:] == (3, 32, 32) and splits.train_x.dtype == np.uint8
+    assert len(splits.train_y) + len(splits.val_y) == 1400 and len(splits.test_y) == 397
+    assert splits.classes[:2] == ("d0", "d1") and splits.mean[0] == pytest.approx(splits.mean[2])
+    same = load_dataset("npz", tmp_path / "d.npz")
+    assert np.array_equal(same.val_x, splits.val_x)  # the same carve every time
+
+
+def test_npz_with_keras_names_and_no_class_names(tmp_path):
+    x = np.zeros((20, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "k.npz", x_train=x, y_train=np.arange(20) % 2, x_test=x[:4], y_test=np.arange(4) % 2)
+    splits = load_dataset("npz", tmp_path)  # a folder holding one .npz
+    assert splits.classes == ("0", "1") and splits.image_size == 8
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"train_x": np.zeros((4, 8, 8), np.float32)}, "train_x is float32; store uint8"),
+    ({"train_x": np.zeros((4, 8, 8, 5), np.uint8)}, "train_x has shape (4, 8, 8, 5)"),
+    ({"train_x": np.zeros((4, 8, 6, 3), np.uint8), "test_x": np.zeros((2, 8, 6, 3), np.uint8)}, "8x6 (H x W)"),
+    ({"train_y": np.arange(3)}, "train_y has shape (3,) for 4 images"),
+    ({"train_y": np.array([0.0, 1, 0, 1])}, "labels must be integers"),
+    ({"test_y": np.array([0, -1])}, "holds the label -1"),
+    ({"classes": np.array(["a"])}, "1 class names for labels up to 1"),
+    ({"test_x": np.zeros((2, 16, 16), np.uint8)}, "store both splits at one size"),
+])
+def test_bad_npz_is_one_line_naming_the_fix(tmp_path, arrays, needle):
+    base = {"train_x": np.zeros((4, 8, 8), np.uint8), "train_y": np.array([0, 1, 0, 1]),
+            "test_x": np.zeros((2, 8, 8), np.uint8), "test_y": np.array([0, 1])}
+    np.savez(tmp_path / "bad.npz", **{**base, **arrays})
+    with pytest.raises(UserError, match=None) as err:
+        load_dataset("npz", tmp_path / "bad.npz")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_npz_missing_parts_and_files(tmp_path):
+    np.savez(tmp_path / "half.npz", train_x=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(UserError, match="has no 'train_y' array .it has: train_x."):
+        load_dataset("npz", tmp_path / "half.npz")
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(UserError, match="is not a readable .npz"):
+        load_dataset("npz", tmp_path / "junk.npz")
+    with pytest.raises(UserError, match="folder with 2 .npz files"):
+        load_dataset("npz", tmp_path)
+    with pytest.raises(UserError, match="needs --data-dir FILE.npz"):
+        load_dataset("npz")
+
+
+def test_mnist_format_folder_is_read_as_torchvision_does(tmp_path):
+    from tests.conftest import write_mnist_folder
+
+    splits = load_dataset("mnist", write_mnist_folder(tmp_path))
+    assert splits.train_x.shape[1:] == (3, 28, 28) and len(splits.test_y) == 397 and splits.num_classes == 10
+    assert np.array_equal(splits.train_x[:, 0], splits.train_x[:, 2])  # grayscale repeated to 3 channels
+    assert splits.classes[0] == "0 - zero"
+    fashion = load_dataset("FashionMNIST".lower(), write_mnist_folder(tmp_path, "FashionMNIST"))
+    assert fashion.classes[0] == "T-shirt/top"
+
+
+def test_torchvision_sets_missing_or_corrupt_say_what_to_put_where(tmp_path):
+    from tests.conftest import write_mnist_folder
+
+    for name, needle in (("mnist", "MNIST/raw/ with the four unpacked idx files"), ("svhn", "train_32x32.mat"),
+                         ("stl10", "'stl10_binary' folder"), ("kmnist", "KMNIST/raw/")):
+        with pytest.raises(UserError, match="not found in") as err:
+            load_dataset(name, tmp_path, download=False)
+        assert needle in str(err.value)
+    root = write_mnist_folder(tmp_path / "m")
+    (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(10))
+    with pytest.raises(UserError, match="mnist files in .* are unreadable"):
+        load_dataset("mnist", root)
+    (tmp_path / "stl10_binary").mkdir()
+    with pytest.raises(UserError, match="stl10 files in .* incomplete or corrupt"):
+        load_dataset("stl10", tmp_path, download=False)

@@ -37,7 +37,7 @@ def test_sampled_configs_are_valid_trial_configs():
 
 @pytest.mark.parametrize("kwargs,needle", [
     ({"space": "resnet_rbs"}, "unknown space 'resnet_rbs'; known spaces: "),
-    ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+    ({"dataset": "imagenet21k"}, "unknown dataset 'imagenet21k'"),
     ({"num_samples": 0}, "--num-samples must be a positive integer"),
     ({"max_epochs": -2}, "--max-epochs must be a positive integer"),
     ({"sets": ["lr"]}, "write KEY=VALUE"),

@@ -1,27 +1,29 @@
 """Datasets as uint8 NCHW arrays with a fixed train/val/test split.
 
-The driver loads a data set once; trials get the train and val parts through Ray's object
-store (zero-copy numpy), so no trial re-reads or re-decodes files. The test part never
-reaches a trial: it is kept for the one final evaluation of the winner.
+An image folder is decoded once into a cache on disk (trainables.cache) and memory-mapped: the driver and every
+trial on a node share its pages, and ImageSplits pickle as a reference to the files, so what travels through Ray's
+object store to a trial is a few hundred bytes. digits and CIFAR are small and load into memory (trials get them
+zero-copy from the object store). The test part never reaches a trial: it is kept for the one final evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from trainables.cache import (CacheEntry, cache_root, find_or_build, is_whole_file, locate,
+                              open_arrays, split_indices, stats_from_histogram)
 from trainables.errors import UserError
+from trainables.named_sets import TORCHVISION_SETS, digits, npz, torchvision_set
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder")
-DEFAULT_DATA_DIR = "data"  # for cifar10/100 when --data-dir is not given: created, and downloaded into
+DATASETS = ("digits", *TORCHVISION_SETS, "npz", "folder")
+DEFAULT_DATA_DIR = "data"  # for torchvision's sets when --data-dir is not given: created, and downloaded into
 # (classes, stored image size) known without touching the files, for --dry-run; a folder's are read from disk.
-KNOWN_SHAPES = {"digits": (10, 32), "cifar10": (10, 32), "cifar100": (100, 32)}
-SPLIT_SEED = 0  # fixed: every trial of every sweep sees the same validation images
-VAL_FRACTION = 0.1
+KNOWN_SHAPES = {"digits": (10, 32), **{name: (s.num_classes, s.size) for name, s in TORCHVISION_SETS.items()}}
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class ImageSplits:
     test_y: np.ndarray | None
     mean: tuple[float, float, float]  # per-channel, of the training images, in [0, 1]
     std: tuple[float, float, float]
+    cache: CacheEntry | None = None  # the decoded cache the arrays are memory-mapped from (None: in memory)
 
     @property
     def num_classes(self) -> int:
@@ -46,6 +49,11 @@ class ImageSplits:
     @property
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images (all three splits)."""
+        return sum(int(x.nbytes) for x in (self.train_x, self.val_x, self.test_x) if x is not None)
 
     def without_test(self) -> "ImageSplits":
         """The part trials may see: selection happens on validation only."""
@@ -56,39 +64,59 @@ class ImageSplits:
         return (f"{self.name}: {self.num_classes} classes, {self.image_size}px, "
                 f"train {len(self.train_y)} / val {len(self.val_y)} / test {n_test}")
 
+    def __reduce__(self):
+        """Memory-mapped splits pickle as a reference to their files, re-opened (memory-mapped) where unpickled;
+        anything else (in-memory data, or slices of the mapped arrays) pickles by value."""
+        with_test = self.test_x is not None
+        parts = {"train": self.train_x, "val": self.val_x, **({"test": self.test_x} if with_test else {})}
+        if self.cache is not None and all(is_whole_file(x, part) for part, x in parts.items()):
+            return open_splits, (self.cache, with_test)
+        return ImageSplits, tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+def open_splits(entry: CacheEntry, with_test: bool = True) -> ImageSplits:
+    """The splits of a decoded cache entry, memory-mapped (on a node without it, decoded there once first)."""
+    arrays = open_arrays(locate(entry))
+    return ImageSplits("folder", tuple(arrays["classes"]), arrays["train_x"], arrays["train_y"], arrays["val_x"],
+                       arrays["val_y"], arrays["test_x"] if with_test else None,
+                       arrays["test_y"] if with_test else None, tuple(arrays["mean"]), tuple(arrays["std"]),
+                       cache=entry)
+
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int | None = None,
-                 download: bool = True) -> ImageSplits:
-    """Load a named data set. `image_size` sets the stored size of image-folder data sets."""
+                 download: bool = True, cache_dir: str | os.PathLike | None = None) -> ImageSplits:
+    """Load a named data set. `image_size` sets the stored size of image-folder data sets, decoded once into
+    `cache_dir` (default: trainables.cache.cache_root(), $SWEEPS_DATA_CACHE or ~/.cache/sweeps/data)."""
+    if name == "folder":
+        root = _require_dir(name, data_dir).resolve()
+        return open_splits(find_or_build(root, image_size or 64, cache_root(cache_dir)))
     if name == "digits":
-        train_x, train_y, test_x, test_y, classes = _digits()
-    elif name in ("cifar10", "cifar100"):
+        train_x, train_y, test_x, test_y, classes = digits()
+    elif name in TORCHVISION_SETS:
         root = _require_dir(name, data_dir) if data_dir is not None else _default_dir()
-        train_x, train_y, test_x, test_y, classes = _cifar(name, root, download)
-    elif name == "folder":
-        train_x, train_y, test_x, test_y, classes = _image_folder(_require_dir(name, data_dir), image_size or 64)
+        train_x, train_y, test_x, test_y, classes = torchvision_set(name, root, download)
+    elif name == "npz":
+        if data_dir is None:
+            raise UserError("dataset 'npz' needs --data-dir FILE.npz (train_x, train_y, test_x, test_y)")
+        train_x, train_y, test_x, test_y, classes = npz(Path(data_dir).expanduser())
     else:
         raise UserError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
-    train_x, train_y, val_x, val_y = _carve_validation(train_x, train_y)
-    mean, std = _channel_stats(train_x)
+    idx_train, idx_val = split_indices(train_y)
+    val_x, val_y = train_x[idx_val], train_y[idx_val]
+    train_x, train_y = train_x[idx_train], train_y[idx_train]
+    mean, std = channel_stats(train_x)
     return ImageSplits(name, tuple(classes), train_x, train_y, val_x, val_y, test_x, test_y, mean, std)
 
 
-def _carve_validation(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    from sklearn.model_selection import train_test_split
-
-    idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=VAL_FRACTION, random_state=SPLIT_SEED,
-                                          stratify=y)
-    idx_train.sort()
-    idx_val.sort()
-    return x[idx_train], y[idx_train], x[idx_val], y[idx_val]
-
-
-def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    sample = x[:: max(1, len(x) // 5000)].astype(np.float32) / 255.0  # 5k images pin the stats well
-    mean = sample.mean(axis=(0, 2, 3))
-    std = sample.std(axis=(0, 2, 3)).clip(min=1e-3)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+def channel_stats(x: np.ndarray, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std in [0, 1] of uint8 (N, 3, H, W) images, a chunk at a time (no float copy)."""
+    hist = np.zeros((3, 256), dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        block = np.asarray(x[start:start + chunk])
+        for c in range(3):
+            hist[c] += np.bincount(block[:, c].reshape(-1), minlength=256)
+    mean, std = stats_from_histogram(hist)
+    return tuple(mean), tuple(std)
 
 
 def _require_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
@@ -108,102 +136,3 @@ def _default_dir() -> Path:
     except OSError as exc:
         raise UserError(f"cannot create the data folder {path} ({exc.strerror}); pass --data-dir PATH") from None
     return path
-
-
-def _digits() -> tuple:
-    """scikit-learn's bundled 8x8 digits (real scans, 1797 images), served as 32x32 RGB."""
-    import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # values 0..16
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous().numpy()
-    labels = digits.target.astype(np.int64)
-    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=SPLIT_SEED,
-                                           stratify=labels)
-    idx_train.sort()
-    idx_test.sort()
-    return (images[idx_train], labels[idx_train], images[idx_test], labels[idx_test],
-            [str(d) for d in range(10)])
-
-
-def _cifar(name: str, root: Path, download: bool) -> tuple:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
-    if (root / folder).is_dir() and not _cifar_intact(cls, root):
-        raise UserError(f"{name} files in {root / folder} are incomplete or corrupt (checksum mismatch); delete that "
-                        f"folder and put a fresh copy there (from {cls.url})")
-    try:
-        train = cls(str(root), train=True, download=False)
-        test = cls(str(root), train=False, download=False)
-    except RuntimeError:  # not there yet
-        if not download:
-            raise UserError(f"{name} not found in {root}; put the extracted '{folder}' folder there") from None
-        try:
-            train = cls(str(root), train=True, download=True)
-            test = cls(str(root), train=False, download=True)
-        except Exception as exc:  # offline, proxy, disk full: say where the files go
-            raise UserError(f"{name} is not in {root} and could not be downloaded ({type(exc).__name__}); "
-                            f"put the extracted '{folder}' folder (from {cls.url}) in {root}") from None
-    except Exception as exc:  # a truncated or corrupt batch file fails to unpickle
-        raise UserError(f"{name} files in {root / folder} are unreadable ({type(exc).__name__}: {exc}); "
-                        f"delete that folder and download it again") from None
-    to_nchw = lambda d: np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))  # noqa: E731
-    return (to_nchw(train), np.asarray(train.targets, dtype=np.int64), to_nchw(test),
-            np.asarray(test.targets, dtype=np.int64), list(train.classes))
-
-
-def _cifar_intact(cls, root: Path) -> bool:
-    """torchvision's own md5 check of every batch file, without loading them."""
-    probe = cls.__new__(cls)
-    probe.root = str(root)
-    return probe._check_integrity()
-
-
-def _image_folder(root: Path, size: int) -> tuple:
-    """ImageNet-style folders: train/<class>/*.jpg for training+validation, val/<class>/* as the test split."""
-    from torchvision.datasets import ImageFolder
-
-    parts = {}
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise UserError(f"image folder {root} has no '{split}/' subfolder; expected {root}/train/<class>/*.jpg "
-                            f"and {root}/val/<class>/*.jpg")
-        try:
-            parts[split] = ImageFolder(str(root / split))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise UserError(f"image folder {root / split}: {exc}") from None
-    classes = parts["train"].classes
-    if len(classes) < 2:
-        raise UserError(f"image folder {root / 'train'} has {len(classes)} class folder(s); a classifier needs "
-                        f"at least 2")
-    if parts["val"].classes != classes:
-        raise UserError(f"class folders of {root / 'val'} differ from those of {root / 'train'}")
-    out = []
-    for split in ("train", "val"):
-        samples = parts[split].samples
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            images = list(pool.map(lambda s: _decode(s[0], size), samples))
-        out += [np.stack(images), np.asarray([label for _, label in samples], dtype=np.int64)]
-    return (*out, classes)
-
-
-def _decode(path: str, size: int) -> np.ndarray:
-    """Decode, resize the short side to `size`, centre-crop to size x size, as uint8 CHW."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            scale = size / min(img.size)
-            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-            img = img.resize((w, h), Image.BILINEAR)
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None

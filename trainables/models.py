@@ -34,7 +34,43 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY) + ["timm/<name>"]
+    return sorted(_REGISTRY) + ["timm/<name>", "module:factory"]
+
+
+def is_user_model(name: str) -> bool:
+    """`package.module:factory`: a model from the user's own code."""
+    return ":" in name and not name.startswith("timm/")
+
+
+def user_model_module(name: str) -> str:
+    return name.partition(":")[0]
+
+
+def _user_model(name: str, num_classes: int, image_size: int) -> nn.Module:
+    """Call the user's `module:factory(num_classes=..., image_size=...)`; every way it can go wrong is one line."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"model '{name}': write package.module:factory, e.g. mypkg.nets:build")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - ModuleNotFoundError, or the module's own import-time error
+        where = "; put its folder on PYTHONPATH or run from the folder holding it" \
+            if isinstance(exc, ModuleNotFoundError) else ""
+        raise UserError(f"model '{name}': cannot import {module_name} ({error_line(exc, 160)}){where}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"model '{name}': {module_name} has no callable '{attr}'"
+                        + (f" (it is a {type(factory).__name__})" if factory is not None else ""))
+    try:
+        model = factory(num_classes=num_classes, image_size=image_size)
+    except Exception as exc:  # noqa: BLE001 - the user's code: its error, in one line
+        raise UserError(f"model '{name}': {attr}(num_classes={num_classes}, image_size={image_size}) raised "
+                        f"{error_line(exc, 200)}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model '{name}': {attr}(...) returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def create_model(name: str, num_classes: int, *, image_size: int = 32, width: float = 1.0, drop_rate: float = 0.0,
@@ -53,8 +89,11 @@ def create_model(name: str, num_classes: int, *, image_size: int = 32, width: fl
         model = _REGISTRY[name](num_classes=num_classes, image_size=image_size, width=width, drop_rate=drop_rate,
                                 drop_path=drop_path, vit_patch=vit_patch, vit_depth=vit_depth, vit_dim=vit_dim,
                                 vit_heads=vit_heads, vit_mlp_dim=vit_mlp_dim)
+    elif is_user_model(name):
+        model = _user_model(name, num_classes, image_size)
     else:
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(list_models())} (your own: "
+                        f"--set model=package.module:factory)")
     if not hasattr(model, "group_matcher") and not getattr(model, "pretrained_cfg", {}).get("classifier"):
         # timm's layer_decay groups a model without group_matcher() by this hint, else it puts all in one group
         model.pretrained_cfg = {"classifier": classifier_name(model)}
