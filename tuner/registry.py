@@ -48,7 +48,8 @@ def log_finals(client, parent_run_id: str, finals: list, sweep_dir: Path) -> Non
 
 
 def register_winner(tracking_uri: str, parent_run_id: str, winner: dict[str, Any], searched: list[str], model,
-                    test: dict[str, float], *, name: str, space: str, dataset: str, input_example) -> str:
+                    test: dict[str, float], *, name: str, space: str, dataset: str, input_example,
+                    code_paths: list[str] = ()) -> str:
     """Log the winner's model from its own run and register it as `name` (once); returns models:/NAME/VERSION."""
     import mlflow
 
@@ -71,7 +72,8 @@ def register_winner(tracking_uri: str, parent_run_id: str, winner: dict[str, Any
                        f"tested once (top-1 {test['test_top1']:.2f}). Takes float images in [0, 1], (N, 3, H, W), "
                        f"and returns class probabilities.")
         info = _log_model(tracking_uri, run_id, model, input_example,
-                          params={k: winner.get(k) for k in ["model", *searched] if k in winner})
+                          params={k: winner.get(k) for k in ["model", *searched] if k in winner},
+                          code_paths=list(code_paths))
         if not _registered(client, name):
             client.create_registered_model(name, tags={"space": space, "dataset": dataset},
                                            description=f"Winners of {space} sweeps on {dataset}")
@@ -101,8 +103,11 @@ def _registered(client, name: str) -> bool:
         return False
 
 
-def _log_model(tracking_uri: str, run_id: str, model, input_example, params: dict[str, Any]):
-    """The model, returning probabilities, logged into the winner's run (MLflow 3's logged model)."""
+def _log_model(tracking_uri: str, run_id: str, model, input_example, params: dict[str, Any],
+               code_paths: list[str]):
+    """The model, returning probabilities, logged into the winner's run (MLflow 3's logged model). MLflow's own
+    format is a torch.export graph, which loads with no code of ours or the user's; a model torch.export cannot
+    trace (a user's model, say) is pickled instead, with the user's code beside it (code_paths)."""
     import mlflow
     import timm
     import torch
@@ -110,12 +115,17 @@ def _log_model(tracking_uri: str, run_id: str, model, input_example, params: dic
     mlflow.set_tracking_uri(tracking_uri)
     served = copy.deepcopy(model).eval()
     served.probabilities = True  # softmax over the classes: what a served classifier is asked for
-    # MLflow 3 saves "pt2" (torch.export) by default: a graph for inputs shaped like input_example (the signature
-    # is inferred from it), without the model's attributes, so what tuner.predict needs travels as metadata
+    # a torch.export graph is fixed to inputs shaped like input_example (the signature is inferred from it) and
+    # keeps no attributes, so what tuner.predict needs travels as metadata
     metadata = {"input_size": int(input_example.shape[-1]), "outputs": "probabilities",
                 "classes": [str(c) for c in getattr(model, "classes", [])]}
+    common = dict(name="model", input_example=input_example, metadata=metadata,
+                  params={k: json.dumps(v) if not isinstance(v, (str, int, float, bool)) else v
+                          for k, v in params.items()},
+                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"])
     with mlflow.start_run(run_id=run_id):
-        return mlflow.pytorch.log_model(
-            served, name="model", input_example=input_example, metadata=metadata,
-            params={k: json.dumps(v) if not isinstance(v, (str, int, float, bool)) else v for k, v in params.items()},
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"])
+        try:
+            return mlflow.pytorch.log_model(served, **common)
+        except Exception:  # noqa: BLE001 - torch.export could not trace the model: pickle it, with its code
+            return mlflow.pytorch.log_model(served, serialization_format="pickle", code_paths=code_paths or None,
+                                            **common)

@@ -150,12 +150,19 @@ def end_parent_run(tracking_uri: str, parent_run_id: str, status: str, state: st
     client.set_terminated(parent_run_id, status=status)
 
 
-def runs_page(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str | None:
-    """The MLflow UI's page of the sweep's runs, for a tracking server (None for a local store)."""
-    if not tracking_uri.startswith(("http://", "https://")):
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI's page of the experiment's runs (each sweep a parent run, its trials nested under it), in the
+    model-training view: MLflow 3 otherwise opens on its GenAI overview. For a local store, the page of
+    `mlflow ui` (which serves on http://127.0.0.1:5000)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """How to see a local store in the browser (None: a tracking server has its own UI)."""
+    if tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?searchFilter=" \
-           f"tags.mlflow.parentRunId%20%3D%20%27{parent_run_id}%27"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def provenance_tags() -> dict[str, str]:
