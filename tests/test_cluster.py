@@ -282,3 +282,19 @@ def test_join_failures_are_one_line(cluster, tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"cannot join the Ray cluster at --address {cluster.address}")
     assert "ray get-auth-token" in proc.stdout
+
+
+def test_a_user_model_trains_on_both_nodes(cluster, tmp_path):
+    """`--set model=mynets:build` from the user's own folder: Ray ships the package to every node's workers."""
+    from tests.test_own_code import user_package
+
+    work = user_package(tmp_path / "project")
+    proc = cluster.cli(*SMALL, "--set", "model=mynets:build", "--num-samples", "2", "--max-epochs", "1",
+                       "--max-concurrent", "2", "--address", cluster.address, "--storage", str(work / "sweeps"),
+                       "--name", "own-model", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=work,
+                       env=cluster.env(auth_mode=False), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + cluster.logs()
+    rows = pq.read_table(work / "sweeps" / "own-model" / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and {r["model"] for r in rows} == {"mynets:build"}
+    assert all(r["status"] in ("finished", "stopped") for r in rows), rows
+    assert len({r["node_id"] for r in rows}) == 2  # one trial on each node, each importing the user's code

@@ -457,7 +457,7 @@ def test_sbatch_forwards_sigterm_to_the_driver_requeues_and_resumes(tmp_path):
     slurm = FakeSlurm(tmp_path)
     try:
         proc = slurm.start(*SLURM_SWEEP, "--num-samples", "4")
-        lines = wait_for_lines(proc, " done after epoch ", 1)
+        lines = wait_for_lines(proc, " after epoch ", 1)
         os.kill(proc.pid, signal.SIGTERM)  # to the batch script only, as --signal=B:TERM sends it
         out, left = slurm.finish(proc)
         out = "".join(lines) + out

@@ -101,7 +101,7 @@ def test_one_driver_per_sweep_folder_new_and_resumed(tmp_path):
     line = second.stdout.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in second.stdout + second.stderr
     assert (f"is being run by another driver (pid {first.pid}" in line or "already exists" in line), line
-    wait_for_lines(first, " done after epoch ", 1)
+    wait_for_lines(first, " after epoch ", 1)
     os.kill(first.pid, signal.SIGINT)
     first.communicate(timeout=300)
     assert first.returncode == 130

@@ -152,7 +152,7 @@ def test_predict_errors_are_one_line(record, mlflow_server, test_images, tmp_pat
     (tmp_path / "note.png").write_text("not an image")
     cases = [
         (["models:/whatever/1", str(tmp_path / "missing.png")], "does not exist"),
-        (["models:/whatever/1", str(tmp_path / "note.png")], "cannot be read"),
+        (["models:/whatever/1", str(tmp_path / "note.png")], "cannot read image"),
         (["models:/no-such-model/1", str(files[0]), "--mlflow-uri", mlflow_server.uri], "cannot load model"),
         ([f"runs:/{'f' * 32}/model", str(files[0]), "--mlflow-uri", mlflow_server.uri], "cannot load model"),
     ]

@@ -51,7 +51,7 @@ def test_sigkilled_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     args = ["--space", "resnet_rsb", "--dataset", "digits", "--num-samples", "6", "--max-epochs", "3", *SMALL,
             "--name", "killed", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     proc = start_cli(*args, cwd=tmp_path)
-    wait_for_lines(proc, " done after epoch ", 2)
+    wait_for_lines(proc, " after epoch ", 2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started, mid-sweep
     proc.wait()
     sweep = tmp_path / "sweeps" / "killed"
@@ -120,7 +120,7 @@ def test_mlflow_outage_mid_sweep_then_sync(tmp_path):
     try:
         proc = start_cli("--space", "resnet_rsb", "--dataset", "digits", "--num-samples", "6", "--max-epochs", "3",
                          *SMALL, "--set", "val_every=1", "--name", "outage", "--mlflow-uri", server.uri, cwd=tmp_path)
-        wait_for_lines(proc, " done after epoch ", 1)
+        wait_for_lines(proc, " after epoch ", 1)
         server.kill()  # MLflow dies while trials run
         t0 = time.monotonic()
         out, _ = proc.communicate(timeout=600)

@@ -48,7 +48,7 @@ def test_killed_during_stage2_resume_finishes_every_stage2_sweep(tmp_path):
             "--name", "two", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     proc = start_cli(*args, cwd=tmp_path)
     lines = wait_for_lines(proc, "stage 2", 1)
-    lines += wait_for_lines(proc, " done after epoch ", 1)  # a stage-2 trial finished; the rest still to run
+    lines += wait_for_lines(proc, " after epoch ", 1)  # a stage-2 trial finished; the rest still to run
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     storage = tmp_path / "sweeps"

@@ -87,9 +87,8 @@ def check_resumed(tmp_path, name, samples=6):
     parent, children, versions = mlflow_state(tmp_path, name)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.state"] == "complete"
     assert sorted(r.data.tags["trial_id"] for r in children) == sorted(r["trial_id"] for r in table)
-    expected = {"finished": "FINISHED", "stopped": "KILLED"}
-    assert {r.data.tags["trial_id"]: r.info.status for r in children} == \
-        {r["trial_id"]: expected[r["status"]] for r in table}
+    assert {r.data.tags["trial_id"]: (r.info.status, r.data.tags["outcome"]) for r in children} == \
+        {r["trial_id"]: ("FINISHED", r["status"]) for r in table}  # a trial ASHA stopped is no failure
     assert len(versions) == 1  # tested and registered once
     return table
 
@@ -131,7 +130,7 @@ def test_targets_know_their_direction():
 @pytest.mark.integration
 def test_sigint_during_a_trial_then_resume(tmp_path):
     # a trial has ended, the next ones train: the signal lands mid-trial
-    code, out = interrupt(tmp_path, "int", signal.SIGINT, after=" done after epoch ")
+    code, out = interrupt(tmp_path, "int", signal.SIGINT, after=" after epoch ")
     table = check_interrupted(tmp_path, "int", code, out, signal.SIGINT)
     assert any(r["status"] == "interrupted" for r in table), table
     check_resumed(tmp_path, "int")
@@ -148,7 +147,7 @@ def test_sigterm_as_the_first_trials_start_then_resume(tmp_path):
 @pytest.mark.integration
 def test_second_sigint_stops_at_once_then_resume(tmp_path):
     t0 = time.monotonic()
-    code, out = interrupt(tmp_path, "twice", signal.SIGINT, after=" done after epoch ", again=True)
+    code, out = interrupt(tmp_path, "twice", signal.SIGINT, after=" after epoch ", again=True)
     assert code == 130 and time.monotonic() - t0 < 120, out
     assert "Traceback" not in out and "stopped at once by a second SIGINT; continue with: " in out
     assert record(tmp_path, "twice")["state"] in ("interrupted", "running")  # as after kill -9: Ray's state resumes
@@ -201,7 +200,7 @@ def test_kill9_of_the_driver_leaves_no_ray_process_once_the_next_command_ran(tmp
     import psutil
 
     proc = start_cli(*sweep_args(tmp_path, "k9", samples=4, epochs=2), cwd=tmp_path)
-    wait_for_lines(proc, " done after epoch ", 1)
+    wait_for_lines(proc, " after epoch ", 1)
     os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer or `kill -9 PID` would
     proc.wait()
 

@@ -44,13 +44,13 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def connect(address: str | None) -> Iterator[Cluster]:
+def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> Iterator[Cluster]:
     """Start or join (see `start`), and stop what was started here on the way out."""
     import ray
 
     from tuner.stopping import shielded
 
-    cluster = start(address)
+    cluster = start(address, runtime_env)
     try:
         yield cluster
     finally:
@@ -59,18 +59,20 @@ def connect(address: str | None) -> Iterator[Cluster]:
                 ray.shutdown()
 
 
-def start(address: str | None) -> Cluster:
+def start(address: str | None, runtime_env: dict[str, Any] | None = None) -> Cluster:
     """Join `address` (auto, HOST:PORT, ray://HOST:PORT), or start a local instance. An instance this process
-    already joined is reused (two-stage spaces run every stage on one)."""
+    already joined is reused (two-stage spaces run every stage on one). `runtime_env` ships the user's own code
+    (their model's module) to every worker."""
     import ray
 
     if ray.is_initialized():
         context = ray.get_runtime_context()
         return Cluster(address=getattr(context, "gcs_address", "") or address or "")
     quiet_ray()
+    extra = {"runtime_env": runtime_env} if runtime_env else {}
     if not address:
-        return _start_local()
-    return _join(address)
+        return _start_local(extra)
+    return _join(address, extra)
 
 
 class _LogFile(logging.FileHandler):
@@ -112,7 +114,7 @@ def _init_kwargs() -> dict[str, Any]:
     return {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
 
 
-def _start_local() -> Cluster:
+def _start_local(extra: dict[str, Any]) -> Cluster:
     import ray
 
     reaped = reap_orphans()
@@ -120,7 +122,7 @@ def _start_local() -> Cluster:
     for attempt in (1, 2, 3):
         try:
             context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST, dashboard_port=port,
-                               **_init_kwargs())
+                               **_init_kwargs(), **extra)
             break
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when the dashboard cannot bind
             # another Ray on this machine took the free port between our probe and the dashboard's bind
@@ -175,12 +177,12 @@ def _local_token_auth() -> bool:
         return False
 
 
-def _join(address: str) -> Cluster:
+def _join(address: str, extra: dict[str, Any]) -> Cluster:
     target = _resolve(address)
     if target:
         _probe(address, target)
     token_found = _send_token_if_any(address)
-    _init_with_retry(address, token_found)
+    _init_with_retry(address, token_found, extra)
     return Cluster(address=address, token_auth=token_found)
 
 
@@ -241,7 +243,7 @@ def _send_token_if_any(address: str) -> bool:
     return token_found
 
 
-def _init_with_retry(address: str, token_found: bool) -> None:
+def _init_with_retry(address: str, token_found: bool, extra: dict[str, Any]) -> None:
     """ray.init on the address. Ray Client (ray://) starts a server process per driver on the head, which now and
     then fails to come up (ConnectionAbortedError "Initialization failure from server"): one more try."""
     import ray
@@ -249,7 +251,7 @@ def _init_with_retry(address: str, token_found: bool) -> None:
 
     for attempt in (1, 2):
         try:
-            ray.init(address=address, **_init_kwargs())
+            ray.init(address=address, **_init_kwargs(), **extra)
             return
         except (ConnectionError, RuntimeError, ValueError, TimeoutError, AuthenticationError) as exc:
             if attempt == 1 and address.startswith("ray://") and isinstance(exc, ConnectionAbortedError):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from trainables.data import ImageSplits
 from trainables.errors import UserError
 from tuner import callbacks as driver_callbacks
-from tuner import results
+from tuner import results, stopping
 from tuner.folder import TRIALS_FILE, SweepFolder
 from tuner.spec import SweepSpec, plain_config
 
@@ -28,30 +28,76 @@ GROWN_SEED_STRIDE = 7919  # a grown sweep's round k samples with seed + k * this
 
 
 def fit(spec: SweepSpec, path: Path, trainable, callbacks: list, *, num_samples: int,
-        searcher: Callable[[], Any], param_space: dict[str, Any] | None = None, scheduler=None):
-    """Run the experiment at `path` to its end and return Ray's ResultGrid. `searcher` (and `param_space`,
+        searcher: Callable[[], Any], param_space: dict[str, Any] | None = None, scheduler=None,
+        stopper: stopping.SweepStopper | None = None):
+    """Run the experiment at `path` to its end (or until stopped) and return Ray's ResultGrid and the trials'
+    statuses around the last step (stopping.TuneSignals: what a stop cut short). `searcher` (and `param_space`,
     `scheduler`) make a new experiment; a restored one keeps what it was started with."""
     from ray import tune
 
-    driver_callbacks.bind(callbacks)  # a restored experiment drives these, not the copies pickled in its state
+    watch = stopping.TuneSignals()
+    driver_callbacks.bind([*callbacks, watch])  # a restored experiment drives these, not its pickled copies
+    stopper = stopping.bind_stopper(stopper or stopping.SweepStopper(None, None))
     if tune.Tuner.can_restore(str(path)):
         restore_deleted_latest_checkpoints(path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, param_space=spec.param_space() if param_space is None else param_space,
                            tune_config=tune_config(spec, num_samples, searcher(), scheduler),
-                           run_config=run_config(spec, callbacks, path))
-    return tuner.fit()
+                           run_config=run_config(spec, [*callbacks, watch], path, stopper))
+    grid = tuner.fit()
+    readable_trial_errors(path)
+    return grid, watch
 
 
 def make_trainable(spec: SweepSpec, splits: ImageSplits):
-    """The trial function with the data set attached (through Ray's object store, once) and its resources."""
+    """The trial function with the data set attached and its resources: CPUs, GPU share and host memory (bytes,
+    measured by size_trials). A memory-mapped data set travels through the object store as a reference to its
+    cache files; each trial maps them, so a node holds one copy whatever the number of trials."""
+    import logging
+
     from ray import tune
 
-    from trainables.classify import train_classifier
+    from tuner.packing import TrialGuard, train_classifier
 
-    return tune.with_resources(tune.with_parameters(train_classifier, data=splits.without_test()),
-                               {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    memory = spec.memory_per_trial if isinstance(spec.memory_per_trial, (int, float)) else 0
+    gpus = spec.gpus_per_trial if isinstance(spec.gpus_per_trial, (int, float)) else 0.0
+    resources = {"cpu": spec.cpus_per_trial, "gpu": gpus, **({"memory": int(memory)} if memory else {})}
+    guard = TrialGuard(int(memory), float(gpus) if 0 < gpus < 1 else 0.0)
+    # a failed trial is one line of ours (LiveProgress); its traceback stays in its error.txt, not on the terminal
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):  # and Tune's "trials did not complete"
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    return tune.with_resources(tune.with_parameters(train_classifier, data=splits.without_test(), guard=guard),
+                               resources)
+
+
+def user_code(spec: SweepSpec) -> list[str]:
+    """Where the user's own model code lives (the top-level package or module of each `module:factory` the
+    space can sample), found as the driver imports it."""
+    import importlib.util
+
+    from trainables.models import is_user_model, user_model_module
+
+    names = set()
+    for value in spec.param_space().values():
+        choices = value.get("grid_search", []) if isinstance(value, dict) else getattr(value, "categories", [value])
+        names |= {v for v in choices if isinstance(v, str) and is_user_model(v)}
+    paths = []
+    for name in sorted(names):
+        top = user_model_module(name).split(".")[0]
+        found = importlib.util.find_spec(top)
+        if found is None or not found.origin:
+            continue  # preflight says so, in one line
+        origin = Path(found.origin)
+        paths.append(str(origin.parent if origin.name == "__init__.py" else origin))
+    return sorted(set(paths))
+
+
+def runtime_env(spec: SweepSpec) -> dict[str, Any] | None:
+    """Ray's runtime environment for the trials: the user's model code shipped to every worker (py_modules), so
+    a `module:factory` model works on a cluster as on this machine."""
+    code = user_code(spec)
+    return {"py_modules": code} if code else None
 
 
 def tune_config(spec: SweepSpec, num_samples: int, searcher, scheduler=None):
@@ -70,12 +116,13 @@ def tune_config(spec: SweepSpec, num_samples: int, searcher, scheduler=None):
                            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 
 
-def run_config(spec: SweepSpec, callbacks: list, path: Path):
+def run_config(spec: SweepSpec, callbacks: list, path: Path, stopper=None):
     from ray import tune
 
     space = spec.search_space
     return tune.RunConfig(
         name=path.name, storage_path=str(path.parent), callbacks=callbacks, verbose=0,
+        stop=stopper,  # a SweepStopper pickles as a reference to the live one (stopping.bind_stopper)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=space.metric,
                                                 checkpoint_score_order=space.mode),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES))
@@ -147,6 +194,32 @@ def preset_points(points: list[dict[str, Any]]):
     # Tune only runs preset points whose keys and values its param space contains
     space = {k: v[0] if len(v) == 1 else tune.choice(v) for k, v in values.items()}
     return BasicVariantGenerator(points_to_evaluate=points), space
+
+
+# --- repairs: what a crash or a full disk leaves, made readable for Ray ------------------------------------------
+
+def readable_trial_errors(experiment_dir: Path) -> int:
+    """A trial that failed while the disk was full leaves an empty (or torn) error.pkl, which Ray then fails to
+    unpickle when its results are read. Each such file is dropped, and the trial's error.txt says why (the trial
+    still counts as failed); when even that cannot be written, the disk is full: OSError(ENOSPC)."""
+    import errno
+    import pickle
+
+    mended = 0
+    for pickled in experiment_dir.glob("trial_*/error.pkl"):
+        try:
+            pickle.loads(pickled.read_bytes())
+            continue
+        except Exception:  # noqa: BLE001 - EOFError, UnpicklingError, a class missing here: all unreadable
+            pass
+        pickled.unlink()
+        try:
+            with open(pickled.with_name("error.txt"), "a") as f:
+                f.write("the trial's error could not be saved (the disk was full?)\n")
+        except OSError as exc:
+            raise OSError(errno.ENOSPC, "no space left to record a trial's error", str(pickled.parent)) from exc
+        mended += 1
+    return mended
 
 
 # --- checkpoint repair before a restore ----------------------------------------------------------------------------

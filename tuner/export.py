@@ -80,7 +80,7 @@ def check_images(sweep: Sweep, size: int, count: int = CHECK_IMAGES):
     try:
         from trainables.data import load_dataset
 
-        splits = load_dataset(spec.dataset, spec.data_dir)
+        splits = load_dataset(spec.dataset, spec.data_dir, image_size=spec.search_space.folder_image_size)
         images = torch.from_numpy(splits.val_x[:count]).float() / 255.0
         source = f"{len(images)} validation images of {spec.dataset}"
     except Exception as exc:  # noqa: BLE001 - data not on this machine: the checks still run, on noise

@@ -302,6 +302,30 @@ class Sweep:
     def trial(self, trial_id: str) -> dict[str, Any] | None:
         return next((r for r in self.trials + self.reseeds if r["trial_id"] == trial_id), None)
 
+    def stage2(self) -> dict[str, "Sweep"]:
+        """A two-stage sweep's stage-2 sweeps that exist, by family (from this stage-1 sweep's record)."""
+        found = {}
+        for family, entry in self.record.stage2.items():
+            other = SweepFolder(self.path.parent / entry["name"])
+            if other.has_record() and other.file(TRIALS_FILE).is_file():
+                found[family] = other.load()
+        return found
+
+    def stages_summary(self) -> list[dict[str, Any]]:
+        """Each family of a two-stage sweep: its stage-1 pick (tested once) beside its stage-2 sweep's winner."""
+        picks = {row["family"]: row for row in self.final or []}
+        rows = []
+        for family, second in sorted(self.stage2().items()):
+            first = picks.get(family, {})
+            test = second.record.test or {}
+            winner = second.trial(second.record.winner) if second.record.winner else None
+            rows.append({"family": family, "stage1_trial": first.get("trial_id"), "stage1_val": first.get("val_top1"),
+                         "stage1_test": first.get("test_top1"), "stage2_sweep": second.name,
+                         "stage2_trial": second.record.winner,
+                         "stage2_val": winner["best_val_top1"] if winner else None, "stage2_test": test.get("top1"),
+                         "model_uri": second.record.model_uri})
+        return rows
+
     @functools.cached_property
     def frames(self) -> "SweepFrames":
         import pandas as pd

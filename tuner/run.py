@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +18,7 @@ from tuner.results import COMPLETED, UNSUCCESSFUL
 from tuner.spec import add_flags, build_spec, check_name, flag_values
 
 EXIT_USER_ERROR = cli.EXIT_USER_ERROR  # kept for callers of tuner.run
+_STARTED = [time.monotonic()]  # the command's start (main sets it): its wall time is printed at the end
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # argparse prints usage + message and exits 2 on a malformed flag: already one clear line, kept as is
     args = parser().parse_args(argv)
+    _STARTED[0] = time.monotonic()
     from tuner.stopping import signals_handled
 
     with signals_handled():  # Ctrl-C / SIGTERM: a clean stop, recorded, exit 130 / 143
@@ -57,7 +60,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         args.resume = (Path(args.storage).expanduser().resolve() / args.name / RECORD_FILE).is_file()
     if args.resume or args.add_trials is not None:
         return _continue(args, console)
-    spec = build_spec(**flag_values(args))
+    spec = build_spec(**flag_values(args), dry_run=args.dry_run)
     if args.dry_run:
         from tuner.dryrun import dry_run
 
@@ -89,8 +92,7 @@ def _continue(args: argparse.Namespace, console: Console) -> int:
                         + (" (or drop --resume)" if args.resume else ""))
     record = folder.read_record()
     spec = _with_this_run(record, args)
-    if args.space != spec.space:
-        raise UserError(f"sweep '{spec.name}' was made with space '{spec.space}', not '{args.space}'")
+    _same_space(spec, args.space, console)
     two_stage = spec.search_space.then is not None
     if args.add_trials is not None and not record.completed:
         raise UserError(f"sweep '{spec.name}' is not finished; continue it with --resume first")
@@ -107,6 +109,19 @@ def _continue(args: argparse.Namespace, console: Console) -> int:
     from tuner.sweep import run_sweep
 
     return _finish([run_sweep(spec, resume=args.resume, add_trials=add, console=console)], console)
+
+
+def _same_space(spec, given: str, console: Console) -> None:
+    """--space of a --resume / --add-trials names the sweep's space (or its file); a file that changed since the
+    sweep started is said, and the recorded space runs."""
+    from tuner.space_files import is_space_path, load_space_file, space_digest
+
+    name = load_space_file(given).name if is_space_path(given) else given
+    if name != spec.space:
+        raise UserError(f"sweep '{spec.name}' was made with space '{spec.space}', not '{name}'")
+    if is_space_path(given) and space_digest(load_space_file(given)) != space_digest(spec.search_space):
+        console.print(f"[yellow]{given} has changed since sweep '{spec.name}' started; it goes on with the space "
+                      f"it started with (recorded in its sweep.json)[/yellow]", soft_wrap=True)
 
 
 def _with_this_run(record, args: argparse.Namespace):
@@ -142,10 +157,21 @@ def _stages_pending(folder: SweepFolder) -> bool:
 
 
 def _finish(sweeps: list[Sweep], console: Console) -> int:
-    for sweep in sweeps:
-        print_summary(sweep, console)
-        write_report(sweep, console)
+    """One summary (a two-stage space's: stage 1's, then each family's two stages side by side), the reports."""
+    first = sweeps[0]
+    print_summary(first, console)
+    if len(sweeps) > 1:
+        print_stages(first.folder.load(), console)
+    for sweep in reversed(sweeps):  # stage 1's report last: it covers the stage-2 sweeps too
+        write_report(sweep, console, show=sweep is first)
+    console.print(f"wall time:    {_duration(time.monotonic() - _STARTED[0])}")
     return max(exit_code(sweep) for sweep in sweeps)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def exit_code(sweep: Sweep) -> int:
@@ -153,7 +179,23 @@ def exit_code(sweep: Sweep) -> int:
     return cli.EXIT_OK if any(r["status"] in COMPLETED for r in sweep.trials) else cli.EXIT_FAILED
 
 
-def write_report(sweep: Sweep, console: Console) -> None:
+def print_stages(first: Sweep, console: Console) -> None:
+    rows = first.stages_summary()
+    table = Table(title="each model family: stage 1 (its best, tested once), then stage 2 from it")
+    for column in ("family", "stage 1 trial", "val top-1", "test top-1", "stage 2 trial", "val top-1 ",
+                   "test top-1 ", "registered model"):
+        table.add_column(column, justify="left" if column in ("family", "registered model") else "right")
+    for r in rows:
+        table.add_row(r["family"], str(r["stage1_trial"]), _pct(r["stage1_val"]), _pct(r["stage1_test"]),
+                      str(r["stage2_trial"]), _pct(r["stage2_val"]), _pct(r["stage2_test"]), str(r["model_uri"]))
+    console.print(table)
+
+
+def _pct(value) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
+
+
+def write_report(sweep: Sweep, console: Console, show: bool = True) -> None:
     """The sweep's report, written and attached to its parent run; a report problem never fails the sweep."""
     try:
         from tuner.report import REPORT_DIR, attach, build_report
@@ -164,30 +206,45 @@ def write_report(sweep: Sweep, console: Console) -> None:
         console.print(f"[yellow]report not written ({type(exc).__name__}: {str(exc)[:200]}); make it with "
                       f"python -m tuner.report {sweep.path}[/yellow]")
         return
-    console.print(f"report:       {report.html}" + (f" (not attached to MLflow: {warning})" if warning else ""),
-                  soft_wrap=True)
+    if show:
+        console.print(f"report:       {report.html}" + (f" (not attached to MLflow: {warning})" if warning else ""),
+                      soft_wrap=True)
 
 
-def print_spaces(console: Console) -> None:
+def print_spaces(console: Console, folder: str = "spaces") -> None:
+    """The built-in spaces, then the space files found in ./spaces/ (each by its path)."""
     from search_spaces import SPACES
+    from tuner.space_files import find_space_files, load_space_file
 
+    spaces, broken = [(space, space.name) for space in SPACES.values()], []
+    for path in find_space_files(folder):
+        try:
+            spaces.append((load_space_file(path), str(path)))
+        except UserError as exc:
+            broken.append(str(exc))
     wide = console.width >= 120  # else the descriptions follow the table, so no column is squeezed to a sliver
     table = Table(title="search spaces")
     for column in ("space", "data", "search", "trials", "epochs") + (("description",) if wide else ()):
         table.add_column(column, no_wrap=column != "description")
-    for space in SPACES.values():
+    for space, label in spaces:
         cells = math.prod(len(v["grid_search"]) for v in space.params.values()
                           if isinstance(v, dict) and "grid_search" in v)  # Ray runs num_samples of every grid cell
         trials = str(space.num_samples * cells)
         if cells > 1 and space.num_samples > 1:
             trials = f"{space.num_samples} x {cells}"
         data = space.dataset + (f"→{space.then.dataset}" if space.then else "")  # a second stage on other data
-        table.add_row(space.name, data, space.search, trials,
+        table.add_row(label, data, space.search, trials,
                       str(space.max_epochs), *((space.description,) if wide else ()))
     console.print(table)
     if not wide:
-        for space in SPACES.values():
-            console.print(f"[bold]{space.name}[/bold]: {space.description}")
+        for space, label in spaces:
+            console.print(f"[bold]{label}[/bold]: {space.description}")
+    files = len(spaces) - len(SPACES)
+    console.print(f"space files in ./{folder}/: {files} listed by their path (--space PATH runs one)"
+                  if files or broken else f"no space files in ./{folder}/ (--space PATH runs a YAML, TOML or .py "
+                                          f"space file from anywhere)")
+    for line in broken:
+        console.print(f"[yellow]not listed: {line}[/yellow]", soft_wrap=True)
 
 
 def print_summary(sweep: Sweep, console: Console, top: int = 5) -> None:
@@ -227,7 +284,26 @@ def print_summary(sweep: Sweep, console: Console, top: int = 5) -> None:
             console.print(f"[yellow]{len(failed)} trial(s) {status}[/yellow] "
                           f"({', '.join(r['trial_id'] for r in failed)}): {failed[0]['error']}")
     console.print(f"trials table: {sweep.folder.file(TRIALS_FILE)}")
-    console.print(f"MLflow UI:    mlflow ui --backend-store-uri {record.tracking_uri}")
+    if record.tracking_uri:
+        console.print(f"MLflow UI:    {_mlflow_where(record)}", soft_wrap=True)
+
+
+def _mlflow_where(record) -> str:
+    from tuner import tracking
+
+    command = tracking.ui_command(record.tracking_uri)
+    experiment = _experiment_id(record)
+    page = tracking.runs_page(record.tracking_uri, experiment) if experiment else record.tracking_uri
+    return f"{command}, then {page}" if command else page
+
+
+def _experiment_id(record) -> str | None:
+    try:
+        import mlflow
+
+        return mlflow.MlflowClient(record.tracking_uri).get_run(record.parent_run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - MLflow gone: the command alone
+        return None
 
 
 def _short(value) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import re
 import time
@@ -89,6 +90,8 @@ class SweepSpec:
     reseed_top: int = _field(3, Flag("configs per model to re-train (3)", default=3, type=int, metavar="N"))
     then_dataset: str | None = _field(None)  # a two-stage space's stage-2 data set: --dataset if given, else its own
     model_name: str | None = _field(None)  # the registered model's name (default SPACE-DATASET; stage 2: per family)
+    space_content: dict[str, Any] | None = _field(None)  # the whole space as it was at the start (tuner.space_files)
+    space_file: str | None = _field(None)  # the file it came from, if a file
 
     @property
     def registered_name(self) -> str:
@@ -98,8 +101,14 @@ class SweepSpec:
     def sweep_dir(self) -> Path:
         return Path(self.storage) / self.name
 
-    @property
+    @functools.cached_property
     def search_space(self) -> SearchSpace:
+        """The space as it was when the sweep started (sweep.json keeps its content: a resumed sweep runs it even if
+        its file or a built-in space changed since); specs of sweeps made before that, by name."""
+        if self.space_content is not None:
+            from tuner.space_files import space_from_dict
+
+            return space_from_dict(self.space_content, "sweep.json")
         return SPACES[self.space]
 
     def param_space(self) -> dict[str, Any]:
@@ -176,13 +185,22 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
                address: str | None = None, mlflow_uri: str | None = None, storage: str = "sweeps",
                name: str | None = None, seed: int = 0, reseed: int = 0, reseed_top: int = 3,
                warm_start: str | None = None, time_budget: str | float | None = None,
-               stop_at: str | None = None) -> SweepSpec:
-    """Check every user choice and return a spec, or raise UserError naming the first mistake."""
-    chosen = get_space(space)
+               stop_at: str | None = None, dry_run: bool = False) -> SweepSpec:
+    """Check every user choice and return a spec, or raise UserError naming the first mistake. A `dry_run` spec
+    needs none of the space's required keys (pretrained weights): --dry-run builds models with random weights."""
+    from tuner.space_files import is_space_path, load_space_file, space_to_dict
+
+    space_file = None
+    if is_space_path(space):
+        chosen, space_file = load_space_file(space), str(Path(space).expanduser().resolve())
+    else:
+        chosen = get_space(space)
     if chosen is None:
-        raise UserError(f"unknown space '{space}'; known spaces: {', '.join(sorted(SPACES))} (see --list-spaces)")
+        raise UserError(f"unknown space '{space}'; known spaces: {', '.join(sorted(SPACES))} (see --list-spaces), "
+                        f"or a space file (.yaml, .yml, .toml, .py)")
+    space = chosen.name
     then_dataset = (dataset or chosen.then.dataset) if chosen.then is not None else None
-    dataset = dataset or chosen.dataset
+    dataset = (dataset or chosen.dataset).lower()  # MNIST, FashionMNIST: as torchvision spells them
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
     for flag, value in (("--num-samples", num_samples), ("--max-epochs", max_epochs)):
@@ -192,7 +210,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs  # an explicit budget pins it, also where a space searches it
     for key, how in chosen.requires.items():
-        if not overrides.get(key):
+        if not overrides.get(key) and not dry_run:
             raise UserError(f"space '{space}' needs {how}")
     if overrides.get("pretrained") not in (None, "", HUB):  # trials run in their own folders: make the path absolute
         weights = Path(overrides["pretrained"]).expanduser().resolve()
@@ -227,7 +245,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         memory_per_trial=parse_memory(memory_per_trial),
         max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed, reseed=reseed,
         reseed_top=reseed_top, warm_start=warm_start, then_dataset=then_dataset, time_budget_s=budget,
-        stop_at=stop_at)
+        stop_at=stop_at, space_content=space_to_dict(chosen), space_file=space_file)
     validate_trial_configs(spec)
     return spec
 

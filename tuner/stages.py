@@ -16,7 +16,7 @@ from rich.console import Console
 
 from trainables.classify import CHECKPOINT_FILE
 from trainables.config import ARCHITECTURE, TrialConfig
-from tuner import cluster
+from tuner import cluster, experiment
 from tuner.final import best_per_family
 from tuner.folder import Sweep, SweepFolder, slug
 from tuner.spec import SweepSpec, validate_trial_configs
@@ -27,7 +27,7 @@ CARRIED = ("max_epochs", "seed")  # --set keys of stage 1 that stage 2 keeps
 
 def run_stages(spec: SweepSpec, console: Console, *, resume: bool = False, add_trials: int = 0) -> list[Sweep]:
     """Stage 1, then each family's stage 2, on one Ray instance; every stage's sweep as read back at its end."""
-    with cluster.connect(spec.address):
+    with cluster.connect(spec.address, experiment.runtime_env(spec)):
         first = _stage_one(spec, console, resume=resume, add_trials=add_trials)
         outcomes = [first]
         for family, (row,) in best_per_family(first.trials).items():
@@ -54,8 +54,9 @@ def stage2_spec(spec: SweepSpec, name: str, row: dict[str, Any]) -> SweepSpec:
     stage2 = spec.search_space.then
     carried = {k: row[k] for k in TrialConfig.tagged(ARCHITECTURE) if row.get(k) is not None}
     dataset = spec.then_dataset or stage2.dataset
+    content = (spec.space_content or {}).get("then")  # stage 2 as recorded with stage 1, when it was
     next_spec = dataclasses.replace(
-        spec, space=stage2.name, name=name, dataset=dataset, then_dataset=None,
+        spec, space=stage2.name, name=name, dataset=dataset, then_dataset=None, space_content=content,
         model_name=f"{spec.space}-{slug(str(row['model']))}-{dataset}",  # one registered model per family
         max_epochs=spec.overrides.get("max_epochs", stage2.max_epochs), warm_start=None, reseed=0,
         overrides={**carried, **{k: v for k, v in spec.overrides.items() if k in CARRIED},

@@ -59,6 +59,9 @@ def build_report(sweep: Sweep, out_dir: Path | None = None) -> Report:
                 *_search_sections(sweep, params, importance, drawn),
                 *_outcome_sections(sweep, drawn),
                 _test_section(sweep, drawn)]
+    stages = tables.stages_table(sweep)
+    if stages is not None:
+        sections.append(Section("stages", "Stage 2: each family fine-tuned from its best").table(stages))
     context = tables.context(sweep, params)
     html_file, md_file = out / HTML_FILE, out / MARKDOWN_FILE
     html_file.write_text(render.render_html(sweep.name, context, sections))

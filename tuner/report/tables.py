@@ -99,6 +99,21 @@ def importance_table(importance: analysis.Importance) -> Table | None:
                  [[k, f"{v:.3f}"] for k, v in importance.values.items()])
 
 
+def stages_table(sweep) -> Table | None:
+    """A two-stage sweep's families: stage 1's pick (tested once) beside the winner of its stage-2 sweep."""
+    rows = sweep.stages_summary()
+    if not rows:
+        return None
+    return Table("Both stages, per model family",
+                 ["family", "stage 1 trial", "stage 1 val top-1", "stage 1 test top-1", "stage 2 sweep",
+                  "stage 2 trial", "stage 2 val top-1", "stage 2 test top-1", "registered model"],
+                 [[r["family"], str(r["stage1_trial"]), fmt(r["stage1_val"]), fmt(r["stage1_test"]),
+                   r["stage2_sweep"], str(r["stage2_trial"]), fmt(r["stage2_val"]), fmt(r["stage2_test"]),
+                   str(r["model_uri"] or "")] for r in rows],
+                 "each family's stage-2 sweep started from its best stage-1 checkpoint; its own report is in "
+                 "that sweep's folder")
+
+
 def test_tables(sweep) -> tuple[list[Table], list[tuple[str, Path]]]:
     """The test results from final.parquet (each family's best, with its confusion PNG), else sweep.json's
     winner; and (title, PNG in the sweep folder) for each confusion matrix."""
