@@ -222,3 +222,44 @@ def test_kill9_of_the_driver_leaves_no_ray_process_once_the_next_command_ran(tmp
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     assert left_by(proc.pid) == []
     assert record(tmp_path, "k9")["state"] == "complete" and len(rows(tmp_path, "k9")) == 4
+
+
+@pytest.mark.integration
+def test_reaping_leaves_a_cluster_started_by_ray_start_alone():
+    """`ray start --head` exits at once, so its session is named after a dead process: its GCS marks it alive."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+
+    from tests.conftest import free_port
+    from tuner.cluster import reap_orphans
+
+    temp = tempfile.mkdtemp(prefix="/tmp/rs")  # short: Ray's socket paths must fit 107 bytes
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", f"--port={free_port()}", "--num-cpus=1", "--include-dashboard=false",
+                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+
+    def cluster() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if any(f.path.startswith(temp) for f in p.open_files()):
+                    found.append(p)
+            except psutil.Error:
+                continue
+        return found
+
+    try:
+        before = {p.pid for p in cluster()}
+        assert len(before) >= 2  # at least the GCS and the raylet
+        reap_orphans()
+        time.sleep(1)
+        assert {p.pid for p in cluster()} == before
+    finally:
+        for p in cluster():
+            p.kill()
+        shutil.rmtree(temp, ignore_errors=True)

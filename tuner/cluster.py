@@ -140,26 +140,35 @@ def reap_orphans() -> int:
     """Stop the Ray processes a killed driver left behind: a local instance's session folder is named after the
     process that started it (session_<date>_<pid>); once that process is gone, its raylet and GCS go with it,
     but the dashboard agent, the runtime-env agent and idle workers stay. Each is found by the session folder
-    it holds files in, and only when that session's driver is dead. `ray stop` removes them too (and every
-    other Ray process of this machine)."""
+    it holds files in, and only when that session's starter is dead and its GCS is gone too: a cluster started
+    by `ray start` (whose starter exits at once) keeps its GCS, so it is never touched. `ray stop` removes them
+    too (and every other Ray process of this machine)."""
     import psutil
 
     me = psutil.Process()
-    stopped = 0
+    candidates, live_sessions = [], set()
     for proc in psutil.process_iter(["name", "cmdline", "username"]):
         try:
             if proc.pid == me.pid or proc.info["username"] != me.username() or not _is_ray(proc.info):
                 continue
-            owners = {int(m.group(1)) for f in proc.open_files() if (m := _SESSION.search(f.path))}
-            if owners and not any(psutil.pid_exists(pid) for pid in owners):
-                proc.kill()
-                stopped += 1
+            sessions = {m.group(0) for f in proc.open_files() if (m := _SESSION.search(f.path))}
+            sessions |= {m.group(0) for m in _SESSION.finditer(" ".join(proc.info["cmdline"] or []))}
+            if "gcs_server" in (proc.info["name"] or "") + " ".join(proc.info["cmdline"] or []):
+                live_sessions |= sessions
+            candidates.append((proc, sessions))
         except (psutil.Error, OSError):
             continue
+    stopped = 0
+    for proc, sessions in candidates:
+        owners = {int(_SESSION.search(s).group(1)) for s in sessions}
+        if sessions and not sessions & live_sessions and not any(psutil.pid_exists(pid) for pid in owners):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                stopped += 1
     return stopped
 
 
-_SESSION = re.compile(r"/session_\d{4}-\d\d-\d\d_[\d-]+_\d+_(\d+)/")  # session_<date>_<time>_<us>_<pid>/
+_SESSION = re.compile(r"/session_\d{4}-\d\d-\d\d_[\d-]+_\d+_(\d+)(?=/|\s|$)")  # session_<date>_<time>_<us>_<pid>/
 
 
 def _is_ray(info: dict) -> bool:
