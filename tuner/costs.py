@@ -323,7 +323,8 @@ def resolve_costs(spec, num_classes: int, image_size: int, console, recorded: di
         raise UserError(f"costs: measuring {describe(config, image_size)} ({settings.describe()}) failed: "
                         f"{result['error']}")
     costs = {**{k: recorded[k] for k in keys if k in recorded},
-             **{footprint_key(c, image_size): m for c, m in zip(missing, measured)}}
+             **{footprint_key(c, image_size): {k: v for k, v in m.items() if k != "cached"}
+                for c, m in zip(missing, measured)}}
     book = CostBook(costs, parse_constraints(spec.constraints), image_size,
                     {k: describe(c, image_size) for c, k in zip(configs, keys)})
     check_feasible(book)
