@@ -246,7 +246,10 @@ def _start_parent_run(spec: SweepSpec, client, record: SweepRecord) -> str:
               "sweep.uid": record.uid, **tracking.provenance_tags(), **record.tags,
               **({"warm_start": spec.warm_start} if spec.warm_start else {})},
         params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs, "search": spec.search_space.search,
-                "seed": spec.seed, "reseed": spec.reseed, **spec.described_space()})
+                "seed": spec.seed, "reseed": spec.reseed, **spec.described_space(),
+                **({"objectives": ",".join(spec.objectives), "constraints": " ".join(spec.constraints) or "none",
+                    "cost_measurement": f"{spec.cost_runtime} on {spec.cost_device}, {spec.cost_threads} thread(s), "
+                                        f"batch 1 and {spec.cost_batch}"} if spec.multi_objective else {})})
 
 
 def _parent_for_this_folder(plan: Plan, client, record: SweepRecord) -> SweepRecord:
