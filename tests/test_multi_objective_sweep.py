@@ -77,3 +77,14 @@ def test_accuracy_under_a_budget_sweep_then_grown(tmp_path):
     assert len(grown) == len(rows) + 2
     assert {r["trial_id"] for r in grown if r["pareto"]} == pareto_front(
         grown, parse_objectives("val_top1,latency_ms"), constraints)
+
+
+def test_a_budget_no_footprint_meets_is_one_line_before_any_trial(tmp_path):
+    proc = run_cli("--space", "efficiency", "--dataset", "digits", "--cost-batch", "8", "--memory-per-trial", "2GB",
+                   "--set", "model=cnn_basic", "--constraint", "params_m<=0.001", "--storage", str(tmp_path / "sweeps"), "--name", "none",
+                   "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert errors == [line for line in errors if "no footprint the space samples meets params_m<=0.001: the "
+                      "cheapest, cnn_basic, width 0.25, 16 px, measures params_m 0.0186" in line] and len(errors) == 1
+    assert not (tmp_path / "sweeps" / "none").exists()  # nothing written, no trial started

@@ -186,3 +186,13 @@ def test_searcher_history_and_restore_keep_every_objective(tmp_path):
     last = restored._ot_study.trials[-1]  # noqa: SLF001
     assert len(restored._ot_study.directions) == 2 and last.values == [70.0, 6.0]  # noqa: SLF001
     assert last.constraints == {"latency_ms<=5": 1.0}
+
+
+@pytest.mark.parametrize("runtime", ["torchscript", "onnxruntime"])
+def test_costs_through_the_export_runtimes(runtime):
+    """--cost-runtime uses tuner.export's runtime builders: the same footprint measures through each."""
+    from tuner.costs import CostSettings, measure_footprint
+
+    measured = measure_footprint({"model": "cnn_basic", "width": 0.25, "image_size": 16}, 10, 16,
+                                 CostSettings(runtime=runtime, batch=4, rounds=2, iterations=3))
+    assert measured["latency_ms"] > 0 and measured["images_per_s"] > 0 and measured["params_m"] > 0
