@@ -35,14 +35,17 @@ def draw_front(rows: list[dict[str, Any]], spec):
         return None
     constraints = parse_constraints(spec.constraints)
     plt = pyplot()
+    from matplotlib.ticker import NullFormatter
     fig, axes = plt.subplots(1, len(costs), figsize=(width(4.6 * len(costs) + 1), 3.8), squeeze=False)
     for ax, cost in zip(axes[0], costs):
         others = [r for r in trained if not r.get("pareto")]
         front = sorted((r for r in trained if r.get("pareto")), key=lambda r: _value(r, cost))
         ax.scatter([_value(r, cost) for r in others], [r["best_val_top1"] for r in others], s=22, color="#9e9e9e",
                    label="trained trials")
-        ax.plot([_value(r, cost) for r in front], [r["best_val_top1"] for r in front], "-o", color="#1565c0",
-                markersize=6, label="Pareto front")
+        # joined where the cost is an objective; where it is only constrained the front is a projection: dots
+        ax.plot([_value(r, cost) for r in front], [r["best_val_top1"] for r in front],
+                "-o" if cost in spec.objectives else "o", color="#1565c0", markersize=6,
+                label=f"Pareto front ({', '.join(spec.objectives)})")
         never = [_value(r, cost) for r in rows if r.get("status") == "infeasible"]
         if never:
             ax.plot(never, [0] * len(never), "|", color="#c62828", markersize=14, label="never trained (over budget)")
@@ -51,9 +54,9 @@ def draw_front(rows: list[dict[str, Any]], spec):
                 ax.axvline(c.bound, color="#c62828", linestyle="--", linewidth=1, label=str(c))
             elif c.metric == "val_top1":
                 ax.axhline(c.bound, color="#c62828", linestyle=":", linewidth=1, label=str(c))
-        if cost in ("params_m", "model_mb", "latency_ms", "images_per_s", "peak_mem_mb") and all(
-                _value(r, cost) > 0 for r in trained):
+        if all(_value(r, cost) > 0 for r in trained):  # costs span orders of magnitude across models
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
         ax.set(xlabel=LABELS.get(cost, cost) + ("  (higher is better)" if cost == "images_per_s" else ""),
                ylabel="best val top-1 (%)", title=f"val top-1 vs {cost}")
         ax.legend(fontsize=7, loc="lower right")
