@@ -196,3 +196,22 @@ def test_costs_through_the_export_runtimes(runtime):
     measured = measure_footprint({"model": "cnn_basic", "width": 0.25, "image_size": 16}, 10, 16,
                                  CostSettings(runtime=runtime, batch=4, rounds=2, iterations=3))
     assert measured["latency_ms"] > 0 and measured["images_per_s"] > 0 and measured["params_m"] > 0
+
+
+def test_asha_prunes_on_accuracy_while_the_searcher_keeps_every_objective():
+    """Tune's metric (ASHA's, the checkpoints') is val_top1; the searcher Tune hands it to keeps its list."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tuner.experiment import make_searcher, tune_config
+    from tuner.mo_search import MultiObjectiveSearch
+    from tuner.spec import build_spec
+
+    spec = build_spec(space="efficiency", dataset="digits")
+    searcher = make_searcher(spec)
+    config = tune_config(spec, 4, searcher)
+    assert isinstance(searcher, MultiObjectiveSearch) and isinstance(config.scheduler, ASHAScheduler)
+    assert (config.metric, config.mode) == ("val_top1", "max")
+    searcher.set_search_properties(config.metric, config.mode, spec.param_space())
+    assert searcher.metric == ["val_top1", "cost_latency_ms"]
+    assert [d.name for d in searcher._ot_study.directions] == ["MAXIMIZE", "MINIMIZE"]  # noqa: SLF001
+    assert "width" in searcher.suggest("t1")
