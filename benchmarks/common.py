@@ -24,7 +24,7 @@ import numpy as np
 NOT_MEASURED_NO_GPU = "not measured: no GPU"
 SKIPPED = "not measured: skipped (--only)"
 FIGURES = ("trainable_vs_bare", "augment_vs_torchvision", "per_trial_overhead_s", "asha", "gpu", "folder_decode",
-           "data_ready", "driver_memory", "node_memory")
+           "data_ready", "driver_memory", "node_memory", "cost_repeatability")
 GPU_MODELS = ("cnn_basic", "resnet18", "resnet50", "vit_scratch")
 
 
@@ -100,6 +100,12 @@ class Settings:
     folder_size: int = 224  # the stored size (imagenet100_ablation's)
     rss_folder_images: tuple[int, ...] = (250, 500, 1000)  # three folder sizes for the driver-memory slope
     node_trials: tuple[int, ...] = (1, 2, 4)  # concurrent trials on the same data
+    # 10. cost measurement (multi-objective sweeps): one footprint measured this many times afresh
+    cost_model: str = "resnet18"
+    cost_width: float = 0.5
+    cost_size: int = 32
+    cost_batch: int = 64
+    cost_repeats: int = 5
 
 
 SETTINGS = {
@@ -114,7 +120,8 @@ SETTINGS = {
                      asha_epochs=2, asha_train_images=96, seed_repeats=1,
                      gpu_models=("cnn_basic",), gpu_images=128, gpu_batch=32, gpu_epochs=2, packing=(1, 2),
                      packing_model="cnn_basic", folder_images=40, folder_size=32, rss_folder_images=(20, 60),
-                     node_trials=(1, 2)),
+                     node_trials=(1, 2), cost_model="cnn_basic", cost_width=0.25, cost_size=16, cost_batch=4,
+                     cost_repeats=2),
 }
 
 

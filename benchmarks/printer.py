@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import TARGETS
+from benchmarks.cost_repeatability import cost_rows, print_cost_detail
 
 TRAINABLE, AUGMENT = TARGETS["trainable_vs_bare"], TARGETS["augment_vs_torchvision"]
 OVERHEAD, ASHA = TARGETS["per_trial_overhead_s"], TARGETS["asha_epoch_fraction"]
@@ -35,6 +36,7 @@ def print_report(result: dict[str, Any], console) -> None:
     if isinstance(ad, dict):
         print_asha_detail(ad, console)
     print_data_detail(result, console)
+    print_cost_detail(result.get("cost_repeatability"), console)
     console.print(f"total {result['total_wall_s']:.0f} s")
 
 
@@ -67,7 +69,8 @@ def figures_table(result: dict[str, Any]):
         table.add_column(col, justify="left" if col == "figure" else "right")
     rows = (trainable_rows(result["trainable_vs_bare"]) + augment_rows(result["augment_vs_torchvision"])
             + overhead_rows(result["per_trial_overhead_s"]) + asha_rows(result["asha_details"])
-            + gpu_rows(result["gpu_images_per_s"], result["packing_speedup"]) + data_rows(result))
+            + gpu_rows(result["gpu_images_per_s"], result["packing_speedup"]) + data_rows(result)
+            + cost_rows(result.get("cost_repeatability", "not measured")))
     for row in rows:
         table.add_row(*row)
     return table

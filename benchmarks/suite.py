@@ -16,6 +16,7 @@ import benchmarks
 from benchmarks import printer
 from benchmarks.asha_vs_random import bench_asha_vs_random
 from benchmarks.augment_vs_torchvision import bench_augment_vs_torchvision
+from benchmarks.cost_repeatability import bench_cost_repeatability
 from benchmarks.common import FIGURES, NOT_MEASURED_NO_GPU, SETTINGS, SKIPPED, Settings, machine_info, start_ray
 from benchmarks.driver_memory import bench_driver_memory
 from benchmarks.folder_decode import bench_data_ready, bench_folder_decode
@@ -78,6 +79,8 @@ def run(settings: Settings, only: tuple[str, ...] = FIGURES, console=None) -> di
                                        lambda: bench_driver_memory(settings, storage))
         result["node_memory"] = step("node_memory", "node memory with 1, 2, 4 trials on the same data",
                                      lambda: bench_node_memory(settings, storage))
+        result["cost_repeatability"] = step("cost_repeatability", "repeatability of a footprint's cost measurement",
+                                            lambda: bench_cost_repeatability(settings))
     finally:
         if ray.is_initialized():
             ray.shutdown()

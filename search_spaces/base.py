@@ -37,3 +37,7 @@ class SearchSpace:
     # A second stage: after this sweep, one sweep of `then` per model family, starting from that family's best
     # checkpoint (its architecture keys carried over, `pretrained` pointing at the checkpoint).
     then: "SearchSpace | None" = None
+    # Accuracy under a deployment budget (tuner.objectives): e.g. ("val_top1", "latency_ms") and ("latency_ms<=5",);
+    # --objective / --constraint replace them
+    objectives: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()

@@ -138,3 +138,14 @@ def test_cli_tiny_run_writes_every_figure(tmp_path):
 
     if not torch.cuda.is_available():
         assert result["gpu_images_per_s"] == result["packing_speedup"] == common.NOT_MEASURED_NO_GPU
+
+
+def test_cost_repeatability_figure_is_well_formed():
+    """Figure 10 on tiny settings, in this process: the shape of its result, not its timings."""
+    from benchmarks.cost_repeatability import bench_cost_repeatability, cost_rows
+
+    result = bench_cost_repeatability(TINY)
+    assert result["repeats"] == TINY.cost_repeats == len(result["latency_ms"])
+    assert all(finite_positive(v) for v in result["latency_ms"] + result["images_per_s"])
+    assert math.isfinite(result["latency_spread_pct"]) and finite_positive(result["measure_s_per_footprint"])
+    assert len(cost_rows(result)) == 2 and "not measured" in cost_rows("not measured")[0][1]

@@ -194,7 +194,7 @@ YAML_MISTAKES = {
     "unknown field": ("search: optuna", "serach: optuna",
                       "{f}:9: unknown field 'serach' (did you mean 'search'?); fields: name, description, reproduces, "
                       "dataset, fixed, params, search, metric, mode, asha, num_samples, max_epochs, dataset_overrides, "
-                      "requires, folder_image_size, then"),
+                      "requires, folder_image_size, then, objectives, constraints"),
     "unknown key": ("{model: cnn_basic,", "{modle: cnn_basic,",
                     "{f}:4: fixed.modle: unknown config key 'modle' (did you mean 'model'?); known keys: "
                     + KNOWN_KEYS),
@@ -305,7 +305,7 @@ def test_each_yaml_mistake_is_one_line_naming_file_line_key_and_what_is_allowed(
     ("empty.yaml", "# nothing yet\n", "{f}: the file is empty; a space file is a mapping of the fields name, "
                                       "description, dataset, fixed, params (and optionally reproduces, search, metric, "
                                       "mode, asha, num_samples, max_epochs, dataset_overrides, requires, "
-                                      "folder_image_size, then)"),
+                                      "folder_image_size, then, objectives, constraints)"),
     ("list.yaml", "- a\n- b\n", "{f}: the top level must be a mapping of fields (name, description, dataset, fixed, "
                                 "params, ...), got a list ['a', 'b']"),
     ("syntax.toml", TOML.replace('dataset = "digits"', "dataset = digits"),
@@ -316,7 +316,7 @@ def test_each_yaml_mistake_is_one_line_naming_file_line_key_and_what_is_allowed(
      "{f}:10: fixed.width: config key 'width' got 20.0; it must lie in [0.05, 8.0]"),
     ("empty.toml", "", "{f}: the file is empty; a space file is a mapping of the fields name, description, dataset, "
                        "fixed, params (and optionally reproduces, search, metric, mode, asha, num_samples, max_epochs, "
-                       "dataset_overrides, requires, folder_image_size, then)"),
+                       "dataset_overrides, requires, folder_image_size, then, objectives, constraints)"),
     ("nospace.py", "from ray import tune\nspace = 1\n",
      "{f}: defines no SPACE; a Python space file sets SPACE = SearchSpace(...) (from search_spaces.base import "
      "SearchSpace, Asha)"),

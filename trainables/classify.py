@@ -37,8 +37,9 @@ EVAL_BATCH = 512
 EPOCH_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "best_val_top1", "lr", "images_per_s", "epoch_s")
 
 
-def train_classifier(config: dict[str, Any], data: ImageSplits) -> None:
-    """Ray Tune function trainable. `data` arrives through the object store (see tuner.sweep)."""
+def train_classifier(config: dict[str, Any], data: ImageSplits, constant: dict[str, float] | None = None) -> None:
+    """Ray Tune function trainable. `data` arrives through the object store (see tuner.sweep); `constant` metrics
+    (a footprint's deployment costs) go with every result."""
     from ray import tune
 
     cfg = TrialConfig.from_dict(config)
@@ -47,7 +48,8 @@ def train_classifier(config: dict[str, Any], data: ImageSplits) -> None:
     resume_from = resume_state(checkpoint) if checkpoint is not None else None
     # which epoch this run of the trial started from (0: scratch): shows in Ray's results whether a restarted
     # trial continued from its checkpoint
-    extra = {"node_id": _node_id(), "restored_epoch": int(resume_from["epoch"]) if resume_from else 0}
+    extra = {"node_id": _node_id(), "restored_epoch": int(resume_from["epoch"]) if resume_from else 0,
+             **(constant or {})}
     for metrics, trial_state in train_epochs(cfg, data, resume_from=resume_from):
         if not metrics["validated"]:  # checkpoints are scored by val_top1, so only weights it was measured on
             tune.report({**metrics, **extra})

@@ -10,6 +10,7 @@ means restore (unfinished and errored trials continue from their checkpoints), n
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -50,9 +51,10 @@ def fit(spec: SweepSpec, path: Path, trainable, callbacks: list, *, num_samples:
     return grid, watch
 
 
-def make_trainable(spec: SweepSpec, splits: ImageSplits):
+def make_trainable(spec: SweepSpec, splits: ImageSplits, costs=None):
     """The trial function with the data set attached and its resources: CPUs, GPU share and host memory (bytes,
-    measured by size_trials). A memory-mapped data set travels through the object store as a reference to its
+    measured by size_trials), and with `costs` (a tuner.costs.CostBook) each footprint's deployment costs, which
+    every trial reports (and with which a config breaking a cost budget ends untrained). A memory-mapped data set travels through the object store as a reference to its
     cache files; each trial maps them, so a node holds one copy whatever the number of trials."""
     import logging
 
@@ -67,8 +69,9 @@ def make_trainable(spec: SweepSpec, splits: ImageSplits):
     # a failed trial is one line of ours (LiveProgress); its traceback stays in its error.txt, not on the terminal
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):  # and Tune's "trials did not complete"
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    return tune.with_resources(tune.with_parameters(train_classifier, data=splits.without_test(), guard=guard),
-                               resources)
+    extra = {"costs": costs} if costs is not None else {}
+    return tune.with_resources(tune.with_parameters(train_classifier, data=splits.without_test(), guard=guard,
+                                                    **extra), resources)
 
 
 def user_code(spec: SweepSpec) -> list[str]:
@@ -140,6 +143,12 @@ def make_searcher(spec: SweepSpec, points: list[dict[str, Any]] = (), rewards: l
     from ray.tune.search.optuna import OptunaSearch
 
     seed = spec.seed + GROWN_SEED_STRIDE * round_index
+    if spec.search_space.search == "optuna" and spec.multi_objective:
+        from tuner.mo_search import MultiObjectiveSearch
+        from tuner.objectives import parse_constraints, parse_objectives
+
+        return MultiObjectiveSearch(parse_objectives(spec.objectives), parse_constraints(spec.constraints),
+                                    sampler=spec.sampler, seed=seed, points=points, history=rewards)
     if spec.search_space.search == "optuna":
         return OptunaSearch(seed=seed, points_to_evaluate=list(points) or None, evaluated_rewards=rewards)
     return BasicVariantGenerator(random_state=seed, points_to_evaluate=None if rewards else list(points) or None)
@@ -149,8 +158,17 @@ def grown_searcher(spec: SweepSpec, earlier_rows: list[dict], round_index: int):
     """The searcher for --add-trials: every earlier trial's config and best validation score as its history."""
     keys = [k for k in spec.searched_keys() if k != "seed"]
     done = results.scored(earlier_rows)
+    rewards: list = [r["best_val_top1"] for r in done]
+    if spec.multi_objective:  # both objectives and the constraints; configs never trained teach the budget too
+        from tuner.mo_search import history_of
+        from tuner.objectives import parse_constraints, parse_objectives
+
+        done = done + [r for r in earlier_rows if r["status"] == results.TrialStatus.INFEASIBLE.value]
+        rewards = history_of(done, parse_objectives(spec.objectives), parse_constraints(spec.constraints))
+        pairs = [(r, v) for r, v in zip(done, rewards) if all(math.isfinite(x) for x in v[0])]
+        done, rewards = [r for r, _ in pairs], [v for _, v in pairs]
     points = [plain_config({k: r[k] for k in keys}) for r in done]
-    return make_searcher(spec, points, [r["best_val_top1"] for r in done], round_index)
+    return make_searcher(spec, points, list(rewards), round_index)
 
 
 def warm_start_points(spec: SweepSpec) -> list[dict[str, Any]]:

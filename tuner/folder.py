@@ -200,6 +200,10 @@ class SweepFolder:
 
     def write_trials(self, rows: list[dict[str, Any]], name: str = TRIALS_FILE) -> Path:
         schema = trials_schema()
+        # a multi-objective sweep's columns (tuner.front): each cost, feasible, pareto
+        extra = sorted({k for row in rows for k in row if k.startswith("cost_") or k in ("feasible", "pareto")})
+        for key in extra:
+            schema = schema.append(pa.field(key, pa.float64() if key.startswith("cost_") else pa.bool_()))
         rows = [{**row, "checkpoint": self._relative(row.get("checkpoint"))} for row in rows]
         table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
         return self._write_table(table, name)

@@ -56,23 +56,25 @@ def choose_packing(need_bytes: int, gpu_bytes: int, most: int = MAX_TRIALS_PER_G
     return max(0, min(most, gpu_bytes // max(need_bytes, 1)))
 
 
-def memory_configs(spec: SweepSpec, most: int = MAX_MEASURED) -> list[dict[str, Any]]:
+def memory_configs(spec: SweepSpec, most: int = MAX_MEASURED,
+                   keys: tuple[str, ...] = MEMORY_KEYS) -> list[dict[str, Any]]:
     """Configs covering every combination of the memory-relevant choices the space searches (capped at `most`),
-    the other keys taken from one sampled config. Continuous memory keys are rare; a few samples cover them."""
+    the other keys taken from one sampled config. Continuous memory keys are rare; a few samples cover them.
+    `keys`: another set of footprint keys (tuner.costs: the architecture keys, which set inference cost)."""
     from ray.tune.search.sample import Categorical
 
     base = sample_configs(spec, 1)[0]
     space = spec.param_space()
-    axes = {k: list(v.categories) for k, v in space.items() if k in MEMORY_KEYS and isinstance(v, Categorical)}
+    axes = {k: list(v.categories) for k, v in space.items() if k in keys and isinstance(v, Categorical)}
     axes.update({k: list(v["grid_search"]) for k, v in space.items()
-                 if k in MEMORY_KEYS and isinstance(v, dict) and "grid_search" in v})
-    axes.update({k: list(domain_ends(v)) for k, v in space.items() if k in MEMORY_KEYS and k not in axes
+                 if k in keys and isinstance(v, dict) and "grid_search" in v})
+    axes.update({k: list(domain_ends(v)) for k, v in space.items() if k in keys and k not in axes
                  and domain_ends(v)})  # memory grows monotonically in batch, size, width: the ends bound it
     configs = [{**base, **dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
     configs += sample_configs(spec, 4)  # continuous memory keys, if any
     unique, seen = [], set()
     for config in configs:
-        key = tuple((k, repr(config.get(k))) for k in MEMORY_KEYS)
+        key = tuple((k, repr(config.get(k))) for k in keys)
         if key not in seen:
             seen.add(key)
             unique.append(config)
@@ -313,11 +315,11 @@ def _probe_key(config: dict, num_classes: int, image_size: int, val_images: int,
     import torch
 
     what = (f"probe 1 {footprint(config, image_size)} classes={num_classes} val={val_images} gpu={gpu} "
-            f"torch={torch.__version__} cpu={platform.machine()} {_cpu_model()}")
+            f"torch={torch.__version__} cpu={platform.machine()} {cpu_model()}")
     return hashlib.sha256(what.encode()).hexdigest()[:20]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     "")
@@ -413,13 +415,22 @@ def oom_reason(error: BaseException, guard: TrialGuard, on_gpu: bool) -> str:
             f"{mine['VmHWM'] / GIB:.2f} GiB; {where}. Lower batch_size or image_size, or raise --memory-per-trial")
 
 
-def train_classifier(config: dict[str, Any], data, guard: TrialGuard | None = None) -> None:
+def train_classifier(config: dict[str, Any], data, guard: TrialGuard | None = None, costs=None) -> None:
     """The trial Ray runs: trainables.classify.train_classifier with its GPU share known to its data placement and,
     on CPU, its private memory capped at GUARD_HEADROOM x its request; running out is one TrialOutOfMemory line.
-    (Named like the function it wraps: a restored experiment must name the trainable it started with.)"""
+    (Named like the function it wraps: a restored experiment must name the trainable it started with.)
+    With `costs` (tuner.costs.CostBook): the footprint's costs go with every result, and a config breaking a cost
+    budget reports them once, at epoch 0, and ends untrained (`infeasible`)."""
     import torch
 
     from trainables import classify, placement
+
+    extra = costs.of(config) if costs is not None else {}
+    if costs is not None and not costs.trainable(extra):
+        from ray import tune
+
+        tune.report({"epoch": 0, "infeasible": 1, "val_top1": float("nan"), **extra})  # Tune wants its metric
+        return
 
     guard = guard or TrialGuard()
     placement.set_trial_budget(gpu_fraction=guard.gpu_fraction)
@@ -427,7 +438,7 @@ def train_classifier(config: dict[str, Any], data, guard: TrialGuard | None = No
     limit = 0 if on_gpu else int(guard.memory_bytes * GUARD_HEADROOM)  # CUDA maps memory RLIMIT_DATA would count
     try:
         with data_limit(limit):
-            classify.train_classifier(config, data)
+            classify.train_classifier(config, data, extra)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise

@@ -28,7 +28,8 @@ TOP = 3
 
 ENDED_AS = {TrialStatus.FINISHED: "finished", TrialStatus.EARLY_STOPPED: "early-stopped (patience)",
             TrialStatus.STOPPED: "stopped by {scheduler}", TrialStatus.DIVERGED: "diverged (non-finite loss)",
-            TrialStatus.FAILED: "failed", TrialStatus.OOM: "ran out of memory"}
+            TrialStatus.FAILED: "failed", TrialStatus.OOM: "ran out of memory",
+            TrialStatus.INFEASIBLE: "not trained (breaks a cost budget)"}
 
 
 @dataclass

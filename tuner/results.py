@@ -21,6 +21,7 @@ class TrialStatus(str, enum.Enum):
     FAILED = "failed"  # an exception
     DIVERGED = "diverged"  # a non-finite training loss
     OOM = "oom"  # ran out of memory: killed by Ray's memory monitor or the kernel, or a CUDA out-of-memory error
+    INFEASIBLE = "infeasible"  # its footprint breaks a cost budget (--constraint): never trained
     INTERRUPTED = "interrupted"  # running when the sweep was stopped (Ctrl-C, SIGTERM); --resume continues it
 
     def __str__(self) -> str:
@@ -46,6 +47,8 @@ def trial_status(last_result: dict[str, Any], *, errored: bool, max_epochs: int,
     """A trial's status from its last reported metrics and whether (and how) Ray saw it fail."""
     if errored:
         return error_status(error)
+    if last_result.get("infeasible"):
+        return TrialStatus.INFEASIBLE
     if last_result.get("diverged"):
         return TrialStatus.DIVERGED
     if int(last_result.get("epoch", 0)) >= max(max_epochs, 1):
@@ -85,6 +88,8 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
             "checkpoint": best_ckpt.path if best_ckpt is not None else None,
             "error": (_one_line(result.error) if result.error is not None else
                       f"non-finite training loss at epoch {epochs}" if status is TrialStatus.DIVERGED else None),
+            # deployment costs (tuner.costs), constant over a trial: in every result of a multi-objective sweep
+            **{k: float(v) for k, v in metrics.items() if k.startswith("cost_") and isinstance(v, numbers.Real)},
             **_resolved(config),
         })
     return sorted(rows, key=lambda r: r["trial_id"])
@@ -103,7 +108,7 @@ def epoch_rows(result_grid) -> list[dict[str, Any]]:
             continue
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         for record in history.to_dict("records"):
-            if not _finite(record.get("epoch")):
+            if not _finite(record.get("epoch")) or record.get("infeasible"):  # never trained: no epoch
                 continue
             row = {"trial_id": trial_id, **{c: record.get(c, math.nan) for c in columns}}
             row["epoch"] = int(row["epoch"])

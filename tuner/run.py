@@ -259,6 +259,9 @@ def print_summary(sweep: Sweep, console: Console, top: int = 5) -> None:
         table.add_row(row["trial_id"], row["status"], str(row["epochs"]), f"{row['best_val_top1']:.2f}",
                       f"{row['wall_s']:.0f}", " ".join(f"{k}={_short(row.get(k))}" for k in searched))
     console.print(table)
+    from tuner.front import print_front
+
+    print_front(sweep, console)  # a multi-objective sweep's Pareto front
     finals = sweep.final or []
     if len(finals) > 1 or any(f["seeds"] > 1 for f in finals):
         tested = Table(title="tested once: each model's pick by validation")

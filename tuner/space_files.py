@@ -27,6 +27,7 @@ from search_spaces.base import Asha, SearchSpace
 from trainables.config import PROVENANCE, TrialConfig, coerce, unknown_key_message
 from trainables.data import DATASETS
 from trainables.errors import UserError, error_line
+from tuner.objectives import space_budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,10 +41,8 @@ SEARCHES = ("optuna", "grid", "random")
 MODES = ("max", "min")
 ASHA_FIELDS = tuple(f.name for f in dataclasses.fields(Asha))
 # Ray Tune's bounded distributions and their positional arguments
-NUMERIC = {"uniform": ("lower", "upper"), "quniform": ("lower", "upper", "q"),
-           "loguniform": ("lower", "upper"), "qloguniform": ("lower", "upper", "q"),
-           "randint": ("lower", "upper"), "qrandint": ("lower", "upper", "q"),
-           "lograndint": ("lower", "upper"), "qlograndint": ("lower", "upper", "q")}
+NUMERIC = {name: ("lower", "upper", "q") if name[0] == "q" else ("lower", "upper") for name in (
+    "uniform", "quniform", "loguniform", "qloguniform", "randint", "qrandint", "lograndint", "qlograndint")}
 DISTRIBUTIONS = (*NUMERIC, "choice", "grid")
 INTEGER_DISTRIBUTIONS = tuple(name for name in DISTRIBUTIONS if name.endswith("randint")) + ("choice", "grid")
 KEYS = {f.name: f for f in dataclasses.fields(TrialConfig)}
@@ -271,7 +270,8 @@ def _settings(data: Mapping, where: _Where, path: KeyPath) -> dict[str, Any]:
             "metric": metric, "mode": mode, "asha": _asha(data.get("asha", {}), where, (*path, "asha")),
             "num_samples": _count(*get("num_samples"), 1),
             "max_epochs": _count(*get("max_epochs"), 1, KEYS["max_epochs"].metadata["max"]),
-            "folder_image_size": _count(*get("folder_image_size"), 1, KEYS["image_size"].metadata["max"])}
+            "folder_image_size": _count(*get("folder_image_size"), 1, KEYS["image_size"].metadata["max"]),
+            **space_budget(data, lambda key, message: where.fail((*path, key), message))}
 
 
 def _text(value: Any, where: _Where, path: KeyPath, empty: bool = False, one_line: bool = True) -> str:

@@ -88,10 +88,31 @@ class SweepSpec:
     reseed: int = _field(0, Flag("re-train each model's top configs with K new seeds; pick and report mean ± std",
                                  default=0, type=int, metavar="K"))
     reseed_top: int = _field(3, Flag("configs per model to re-train (3)", default=3, type=int, metavar="N"))
+    objectives: tuple[str, ...] = _field(tuple, Flag(  # names, accuracy first (tuner.objectives)
+        "optimise accuracy and deployment costs together, e.g. val_top1,latency_ms (also params_m, model_mb, "
+        "images_per_s, peak_mem_mb); the sweep reports their Pareto front (default: the space's)",
+        name="--objective", dest="objective", metavar="METRICS"))
+    constraints: tuple[str, ...] = _field(tuple, Flag(  # e.g. latency_ms<=5; replace the space's when given
+        "a budget a trial must meet, e.g. latency_ms<=5 (repeatable); configs breaking a cost budget are never "
+        "trained", name="--constraint", dest="constraint", metavar="METRIC<=VALUE", append=True))
+    sampler: str = _field("tpe", Flag("multi-objective Optuna sampler: tpe or nsga2 (with --objective)",
+                                      default="tpe", metavar="tpe|nsga2"))
+    cost_runtime: str = _field("eager", Flag("runtime costs are measured with: eager, torchscript, onnxruntime, "
+                                             "compile", default="eager", metavar="RUNTIME"))
+    cost_device: str = _field("cpu", Flag("device costs are measured on: cpu or cuda", default="cpu",
+                                          metavar="cpu|cuda"))
+    cost_threads: int = _field(1, Flag("CPU threads of the cost measurement (1)", default=1, type=int, metavar="N"))
+    cost_batch: int = _field(64, Flag("batch of the images_per_s measurement (64; latency_ms is at batch 1)",
+                                      default=64, type=int, metavar="N"))
     then_dataset: str | None = _field(None)  # a two-stage space's stage-2 data set: --dataset if given, else its own
     model_name: str | None = _field(None)  # the registered model's name (default SPACE-DATASET; stage 2: per family)
     space_content: dict[str, Any] | None = _field(None)  # the whole space as it was at the start (tuner.space_files)
     space_file: str | None = _field(None)  # the file it came from, if a file
+
+    @property
+    def multi_objective(self) -> bool:
+        """Costs are measured and searched against (--objective with a cost, or any --constraint)."""
+        return len(self.objectives) > 1 or bool(self.constraints)
 
     @property
     def registered_name(self) -> str:
@@ -185,7 +206,9 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
                address: str | None = None, mlflow_uri: str | None = None, storage: str = "sweeps",
                name: str | None = None, seed: int = 0, reseed: int = 0, reseed_top: int = 3,
                warm_start: str | None = None, time_budget: str | float | None = None,
-               stop_at: str | None = None, dry_run: bool = False) -> SweepSpec:
+               stop_at: str | None = None, objective: str | None = None, constraint: list[str] = (),
+               sampler: str = "tpe", cost_runtime: str = "eager", cost_device: str = "cpu", cost_threads: int = 1,
+               cost_batch: int = 64, dry_run: bool = False) -> SweepSpec:
     """Check every user choice and return a spec, or raise UserError naming the first mistake. A `dry_run` spec
     needs none of the space's required keys (pretrained weights): --dry-run builds models with random weights."""
     from tuner.space_files import is_space_path, load_space_file, space_to_dict
@@ -237,6 +260,10 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         raise UserError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be a whole number of GPUs")
     if name is not None:
         check_name(name)
+    objectives, constraints = check_objectives(chosen, objective, constraint, sampler)
+    from tuner.objectives import check_settings
+
+    check_settings(cost_runtime, cost_device, cost_threads, cost_batch)
     spec = SweepSpec(
         space=space, dataset=dataset, num_samples=num_samples, max_epochs=max_epochs,
         storage=_storage_path(storage), name=name or f"{space}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -245,9 +272,27 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         memory_per_trial=parse_memory(memory_per_trial),
         max_concurrent=max_concurrent, address=address, mlflow_uri=mlflow_uri, seed=seed, reseed=reseed,
         reseed_top=reseed_top, warm_start=warm_start, then_dataset=then_dataset, time_budget_s=budget,
-        stop_at=stop_at, space_content=space_to_dict(chosen), space_file=space_file)
+        stop_at=stop_at, objectives=objectives, constraints=constraints, sampler=sampler,
+        cost_runtime=cost_runtime, cost_device=cost_device, cost_threads=cost_threads, cost_batch=cost_batch,
+        space_content=space_to_dict(chosen), space_file=space_file)
     validate_trial_configs(spec)
     return spec
+
+
+def check_objectives(space: SearchSpace, objective: str | None, constraint: list[str],
+                     sampler: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--objective and --constraint (else the space's objectives and constraints), checked; as names and texts."""
+    from tuner.objectives import is_multi_objective, parse_constraints, parse_objectives
+
+    objectives = parse_objectives(objective) if objective else parse_objectives(space.objectives, "objectives")
+    constraints = parse_constraints(constraint) if constraint else parse_constraints(space.constraints, "constraints")
+    if constraints and not objectives:
+        objectives = parse_objectives("val_top1")
+    if sampler not in ("tpe", "nsga2"):
+        raise UserError(f"--sampler {sampler}: choose tpe or nsga2")
+    if is_multi_objective(objectives, constraints) and space.search == "optuna" and space.metric != "val_top1":
+        raise UserError(f"--objective needs a space selected on val_top1 (space '{space.name}' uses {space.metric})")
+    return tuple(o.name for o in objectives), tuple(str(c) for c in constraints)
 
 
 MAX_SEED = 2 ** 31 - 1

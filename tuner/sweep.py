@@ -27,6 +27,7 @@ from tuner.cli import Interrupted
 log = logging.getLogger(__name__)
 from tuner import cli, cluster, experiment, final, registry, results, stopping, tracking
 from tuner.dryrun import preflight_models
+from tuner.front import front_rows, log_front, mark_front, test_front
 from tuner.folder import DRIVER_LOG, ROUND_DIR, TRIALS_FILE, Sweep, SweepFolder, SweepRecord, SweepState
 from tuner.progress import LiveProgress
 from tuner.reseed import group_reseeds, run_reseeds
@@ -46,6 +47,7 @@ class Plan:
     round_index: int = 0  # 0: the sweep's own experiment; k: the k-th --add-trials round (more-<k>/)
     add_trials: int = 0
     warm_points: list[dict[str, Any]] = field(default_factory=list)
+    costs: Any = None  # a multi-objective sweep's tuner.costs.CostBook: every footprint's deployment costs
 
 
 @dataclass
@@ -82,8 +84,14 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
         if ray_cluster.reaped:
             console.print(f"[dim]stopped {ray_cluster.reaped} Ray process(es) a killed driver had left[/dim]")
         plan = dataclasses.replace(plan, spec=size_trials(plan.spec, splits, ray_cluster, console))
+        plan = measure_costs(plan, splits, console)
         console.print(f"[bold]{plan.spec.name}[/bold]: space {plan.spec.space} on {splits.summary()}")
         plan = own_folder(plan)
+        if plan.costs is not None:  # the sweep's own copy: --resume and --add-trials use the same figures
+            from tuner.costs import SWEEP_FILE, cost_settings, save_json
+
+            save_json(plan.folder.file(SWEEP_FILE), {"settings": dataclasses.asdict(cost_settings(plan.spec)),
+                                                     "costs": plan.costs.costs, "described": plan.costs.described})
         track = None
         try:
             track = open_tracking(plan, client, extra_tags or {})
@@ -98,14 +106,15 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
 
 
 def _search_and_test(plan: Plan, track: Tracking, splits: ImageSplits, console: Console) -> Sweep:
-    trainable = experiment.make_trainable(plan.spec, splits)
+    trainable = experiment.make_trainable(plan.spec, splits, plan.costs)
     earlier = plan.folder.read_trials() if plan.round_index else []
     stopper = stopping.SweepStopper(_budget_left(plan, track.record), _target(plan.spec))
     grid, watch = run_experiment(plan, track, trainable, earlier, stopper, console)
     _add_elapsed(plan, track.record, stopper.elapsed_s())
     signum = stopping.received()
     statuses = watch.at_end if signum is not None else watch.at_begin  # see stopping.TuneSignals
-    rows, cut_short = save_tables(plan.folder, grid, earlier, statuses, plan.spec.max_epochs, interrupted=signum)
+    rows, cut_short = save_tables(plan.folder, grid, earlier, statuses, plan.spec.max_epochs, interrupted=signum,
+                                  mark=lambda rows: mark_front(rows, plan.spec))
     if signum is not None:
         track.tracker.end_unfinished(cut_short, TrialStatus.INTERRUPTED, f"the sweep was stopped by "
                                      f"{signal.Signals(signum).name}; --resume continues it from its checkpoint")
@@ -116,7 +125,12 @@ def _search_and_test(plan: Plan, track: Tracking, splits: ImageSplits, console: 
         console.print(f"sweep ended early: {stopper.reason}; {len(cut_short)} running trial(s) stopped")
     reseeded, reseed_rows = reseed(plan, track, trainable, rows, console)
     console.print(f"testing each model's pick (by validation) once on the {len(splits.test_y)} test images")
-    finals, models = final.evaluate_families(rows, splits, plan.folder, reseeded)
+    # the registered model is the most accurate feasible trial: families are picked among the feasible
+    finals, models = final.evaluate_families([r for r in rows if r.get("feasible", True)], splits, plan.folder,
+                                             reseeded)
+    if plan.spec.multi_objective:
+        console.print(f"testing the {len(front_rows(rows))} trial(s) of the Pareto front once")
+        test_front(rows, splits, plan.folder)
     publish(plan, track, rows + reseed_rows, finals, models, splits, console)
     mark_complete(plan.folder, track.record, rows + reseed_rows, finals)
     return plan.folder.load()
@@ -187,6 +201,18 @@ def size_trials(spec: SweepSpec, splits: ImageSplits, ray_cluster: cluster.Clust
         spec, splits.num_classes, splits.image_size, len(splits.val_y), ray_cluster.resources(), console))
 
 
+def measure_costs(plan: Plan, splits: ImageSplits, console: Console) -> Plan:
+    """A multi-objective sweep's deployment costs per footprint, measured (or read back from the sweep's
+    costs.json, or the cache) before any trial starts; a budget no footprint meets is one error line now."""
+    if not plan.spec.multi_objective:
+        return plan
+    from tuner.costs import SWEEP_FILE, load_json, resolve_costs
+
+    recorded = load_json(plan.folder.file(SWEEP_FILE)) if plan.record is not None else None
+    return dataclasses.replace(plan, costs=resolve_costs(plan.spec, splits.num_classes, splits.image_size, console,
+                                                         recorded))
+
+
 def open_tracking(plan: Plan, client, extra_tags: dict[str, str]) -> Tracking:
     """The sweep's record and its parent MLflow run. A new sweep's record is written first, then the parent run
     made (tagged with the record's uid, by which a resume finds it again): a sweep killed at any point from here
@@ -220,7 +246,10 @@ def _start_parent_run(spec: SweepSpec, client, record: SweepRecord) -> str:
               "sweep.uid": record.uid, **tracking.provenance_tags(), **record.tags,
               **({"warm_start": spec.warm_start} if spec.warm_start else {})},
         params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs, "search": spec.search_space.search,
-                "seed": spec.seed, "reseed": spec.reseed, **spec.described_space()})
+                "seed": spec.seed, "reseed": spec.reseed, **spec.described_space(),
+                **({"objectives": ",".join(spec.objectives), "constraints": " ".join(spec.constraints) or "none",
+                    "cost_measurement": f"{spec.cost_runtime} on {spec.cost_device}, {spec.cost_threads} thread(s), "
+                                        f"batch 1 and {spec.cost_batch}"} if spec.multi_objective else {})})
 
 
 def _parent_for_this_folder(plan: Plan, client, record: SweepRecord) -> SweepRecord:
@@ -268,7 +297,8 @@ def run_experiment(plan: Plan, track: Tracking, trainable, earlier: list[dict], 
 
 
 def save_tables(folder: SweepFolder, grid, earlier: list[dict], statuses: dict[str, str], max_epochs: int, *,
-                interrupted: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                interrupted: int | None,
+                mark: Callable[[list[dict]], Any] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """trials.parquet and epochs.parquet with this experiment's trials (safe on disk whatever happens next).
     Returns every row, and the rows of trials a stop cut short (running when the experiment ended): with a signal
     they are `interrupted` (--resume continues them); stopped by the sweep's budget or target, they stay `stopped`.
@@ -286,6 +316,8 @@ def save_tables(folder: SweepFolder, grid, earlier: list[dict], statuses: dict[s
         for row in cut_short:
             row["status"] = TrialStatus.INTERRUPTED.value
     rows = results.merge(earlier, new)
+    if mark is not None:  # the Pareto front, over every round's trials
+        mark(rows)
     folder.write_trials(rows)
     new_ids = {r["trial_id"] for r in new}
     epochs = [e for e in folder.read_epochs() if e["trial_id"] not in new_ids] if earlier else []
@@ -323,6 +355,8 @@ def publish(plan: Plan, track: Tracking, rows: list[dict], finals: list[final.Fa
                 track.uri, record.parent_run_id, winner, spec.searched_keys(), models[winner["model"]],
                 best.test.metrics(), name=spec.registered_name, space=spec.space, dataset=spec.dataset,
                 input_example=_input_example(splits), code_paths=experiment.user_code(spec))
+        if spec.multi_objective:
+            log_front(track.client, record.parent_run_id, rows)
         tracking.retire_lost_runs(track.client, record.parent_run_id, {r["trial_id"] for r in rows})
         tracking.reconcile_runs(track.client, record.parent_run_id, rows)
         tracking.end_parent_run(track.uri, record.parent_run_id, "FINISHED" if results.scored(rows) else "FAILED",

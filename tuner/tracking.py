@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # trial is KILLED until --resume continues it.
 MLFLOW_STATUS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.EARLY_STOPPED: "FINISHED",
                  TrialStatus.STOPPED: "FINISHED", TrialStatus.FAILED: "FAILED", TrialStatus.DIVERGED: "FAILED",
-                 TrialStatus.OOM: "FAILED", TrialStatus.INTERRUPTED: "KILLED"}
+                 TrialStatus.OOM: "FAILED", TrialStatus.INTERRUPTED: "KILLED", TrialStatus.INFEASIBLE: "FINISHED"}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI views
 # An unreachable server costs seconds, not MLflow's default minutes of retries (7 retries, 120 s timeouts).
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
@@ -385,6 +385,8 @@ def end_trial_run(client, run_id: str, status: str, last_result: dict, reason: s
         reason = reason or f"stopped early by the scheduler after epoch {last_result.get('epoch', 0)}"
     elif status is TrialStatus.EARLY_STOPPED:
         reason = f"early stopped (patience) after epoch {last_result.get('epoch')}"
+    elif status is TrialStatus.INFEASIBLE:
+        reason = "never trained: its footprint breaks a cost budget (--constraint)"
     elif status is TrialStatus.INTERRUPTED:
         reason = f"interrupted after epoch {last_result.get('epoch', 0)}: {reason}"
     client.set_tag(run_id, "outcome", status.value)

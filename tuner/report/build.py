@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.folder import REPORT_DIR, Sweep
-from tuner.report import analysis, figures, render, tables
+from tuner.report import analysis, figures, pareto, render, tables
 from tuner.report.figures import Figure
 from tuner.report.plotting import save
 from tuner.report.render import Section
@@ -59,6 +59,13 @@ def build_report(sweep: Sweep, out_dir: Path | None = None) -> Report:
                 *_search_sections(sweep, params, importance, drawn),
                 *_outcome_sections(sweep, drawn),
                 _test_section(sweep, drawn)]
+    if sweep.spec.multi_objective:  # accuracy under a budget: right after the leaderboard
+        sections.insert(1, drawn.section(
+            "pareto", "Accuracy vs deployment cost: the Pareto front", pareto.draw_front(sweep.trials, sweep.spec),
+            "pareto_front.png", "Best validation top-1 against each measured cost (median of repeated timed runs "
+            "after a warm-up, per footprint, before any training); the front joins the non-dominated feasible "
+            "trials; dashed lines are the constraints; red ticks on the cost axis are configs over a cost budget, "
+            "never trained.", "no trial was trained").table(pareto.front_table(sweep.trials, sweep.spec)))
     stages = tables.stages_table(sweep)
     if stages is not None:
         sections.append(Section("stages", "Stage 2: each family fine-tuned from its best").table(stages))
