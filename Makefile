@@ -7,7 +7,12 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned here (not in pyproject) so pip takes the builds that lie on this disk.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup quickstart test clean
+# make gpu-check: every GPU figure and correctness check, at most 8 minutes on one GPU (gpucheck/; its CPU form
+# without one). No venv needed on a GPU box: the venv's python when there is one, else python3 (or PYTHON=...).
+GPU_PYTHON ?= $(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(PY)),$(PY),python3))
+GPU_CHECK_ARGS ?=
+
+.PHONY: setup quickstart test gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +28,9 @@ quickstart: setup
 
 test: setup
 	$(PY) -m pytest
+
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m gpucheck $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) sweeps mlruns mlartifacts mlflow.db .pytest_cache

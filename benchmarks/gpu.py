@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from benchmarks.common import NOT_MEASURED_NO_GPU, Settings, tiled
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
+    from trainables.data import ImageSplits
 
 PACKING_WINDOW_S = {"cuda": 8.0, "cpu": 1.0}  # the timed window every packed trial of a round trains through
 
 
-def gpu_config(model: str, s: Settings, epochs: int):
+def gpu_config(model: str, s: Settings, epochs: int) -> TrialConfig:
     """The trial config of a GPU measurement: bf16 autocast and channels_last, as a trial holding a GPU trains."""
     from trainables.config import TrialConfig
 
@@ -34,7 +38,8 @@ def gpu_throughput(model: str, data, s: Settings, device) -> float:
     return statistics.median(rates[1:])
 
 
-def random_splits(n_train: int, n_val: int = 0, image_size: int = 32, classes: int = 10, seed: int = 0):
+def random_splits(n_train: int, n_val: int = 0, image_size: int = 32, classes: int = 10,
+                  seed: int = 0) -> ImageSplits:
     """Generated uint8 images (a CIFAR-like shape), for throughput only: no data set, no scikit-learn needed."""
     import numpy as np
 
@@ -158,20 +163,26 @@ class PackedTrials:
 
 
 def packing_speedup(config: dict[str, Any], ks: tuple[int, ...], images: int, device: str,
-                    window_s: float | None = None, pool: PackedTrials | None = None) -> dict[str, Any]:
-    """Aggregate images/s of k packed trials of `config` for each k in `ks`, and its speedup over k = ks[0]."""
+                    window_s: float | None = None, pool: PackedTrials | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Aggregate images/s of k packed trials of `config` for each k in `ks`, and its speedup over k = ks[0].
+    `should_stop()` true before a round: that round and the rest are left out (a time guard)."""
     window_s = window_s or PACKING_WINDOW_S["cuda" if device.startswith("cuda") else "cpu"]
     own = pool is None
     pool = pool or PackedTrials(max(ks), device)
+    rounds: dict[str, list[dict[str, Any]]] = {}
     try:
-        rounds = {str(k): pool.round(config, k, images, window_s) for k in ks}
+        for k in ks:
+            if should_stop is not None and should_stop():
+                break
+            rounds[str(k)] = pool.round(config, k, images, window_s)
     finally:
         if own:
             pool.close()
     aggregate = {k: sum(r["images_per_s"] for r in rows) for k, rows in rounds.items()}
     return {"model": config["model"], "batch_size": config["batch_size"], "window_s": window_s,
             "aggregate_images_per_s": aggregate,
-            "speedup": {k: v / aggregate[str(ks[0])] for k, v in aggregate.items()},
+            "speedup": {k: v / aggregate[str(ks[0])] for k, v in aggregate.items()} if aggregate else {},
             "epochs_in_window": {k: [r["epochs_in_window"] for r in rows] for k, rows in rounds.items()},
             "peak_reserved_bytes": {k: max(r["peak_reserved_bytes"] for r in rows) for k, rows in rounds.items()}}
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ("tuner", "trainables", "search_spaces", "benchmarks")
+PACKAGES = ("tuner", "trainables", "search_spaces", "benchmarks", "gpucheck")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 100
 # the trial loop reads best top to bottom (nanoGPT style), as the developers' guide allows

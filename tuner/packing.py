@@ -25,13 +25,15 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, Iterator
 
 from trainables.config import MEMORY, TrialConfig
 from trainables.errors import UserError
-from tuner.spec import SweepSpec, sample_configs
+
+if TYPE_CHECKING:  # tuner.spec imports Ray: kept out so that gpucheck imports this module on a box without Ray
+    from rich.console import Console
+
+    from tuner.spec import SweepSpec
 
 SAFETY = 1.25  # allocator fragmentation and step-to-step variation over the measured peak
 CUDA_CONTEXT_BYTES = 600 * 2 ** 20  # every trial process holds its own CUDA context (~0.5 GiB on H100s)
@@ -62,6 +64,8 @@ def memory_configs(spec: SweepSpec, most: int = MAX_MEASURED,
     the other keys taken from one sampled config. Continuous memory keys are rare; a few samples cover them.
     `keys`: another set of footprint keys (tuner.costs: the architecture keys, which set inference cost)."""
     from ray.tune.search.sample import Categorical
+
+    from tuner.spec import sample_configs
 
     base = sample_configs(spec, 1)[0]
     space = spec.param_space()
