@@ -12,7 +12,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 GPU_PYTHON ?= $(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(PY)),$(PY),python3))
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup quickstart test gpu-check clean
+.PHONY: setup quickstart test test-all gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ quickstart: setup
 	$(PY) -m tuner.run --space resnet_rsb --dataset digits --num-samples 4 --max-epochs 2
 
 test: setup
+	$(PY) -m pytest -m "not slow"
+
+test-all: setup  # also the tests marked slow (minutes each: more signals, clusters, browsers)
 	$(PY) -m pytest
 
 gpu-check:

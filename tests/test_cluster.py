@@ -284,6 +284,7 @@ def test_join_failures_are_one_line(cluster, tmp_path):
     assert "ray get-auth-token" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_user_model_trains_on_both_nodes(cluster, tmp_path):
     """`--set model=mynets:build` from the user's own folder: Ray ships the package to every node's workers."""
     from tests.test_own_code import user_package

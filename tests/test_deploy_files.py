@@ -428,6 +428,7 @@ class FakeSlurm:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sbatch_script_runs_a_sweep_on_two_loopback_nodes(tmp_path):
     """It starts the head and the worker, waits for both, runs the sweep, and stops every Ray process."""
     slurm = FakeSlurm(tmp_path)
@@ -448,6 +449,7 @@ def test_sbatch_script_runs_a_sweep_on_two_loopback_nodes(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sbatch_forwards_sigterm_to_the_driver_requeues_and_resumes(tmp_path):
     """SLURM's --signal=B:TERM (time limit near, or scancel --batch): the script forwards SIGTERM to the driver,
     which stops cleanly (exit 143, sweep interrupted), then requeues the job; the job started again under the

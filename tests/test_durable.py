@@ -78,6 +78,7 @@ def test_a_bad_sqlite_store_is_one_line(capsys, tmp_path, kind):
     assert "Traceback" not in text and not (tmp_path / "sweeps").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_is_one_line_within_seconds(capsys, tmp_path):
     t0 = time.monotonic()
     code = main([*SMALL, "--storage", str(tmp_path / "sweeps"), "--mlflow-uri", f"http://127.0.0.1:{free_port()}"])
@@ -91,6 +92,7 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds(capsys, tmp_p
 # --- exclusive ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_one_driver_per_sweep_folder_new_and_resumed(tmp_path):
     """A second driver on a running sweep is refused with one line naming the first; the first loses nothing.
     Then, interrupted, two --resume race: one continues, the other is refused; the winner is registered once."""
@@ -128,6 +130,7 @@ def test_one_driver_per_sweep_folder_new_and_resumed(tmp_path):
 # --- portable ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_copied_then_moved_folder_grows_and_exports_where_it_lands(tmp_path):
     base = run_cli(*sweep(tmp_path, "base"), cwd=tmp_path, timeout=600)
     assert base.returncode == 0, base.stdout[-2000:]

@@ -56,7 +56,8 @@ def test_images(tmp_path_factory):
 
 def registered_version(client, parent_run_id: str) -> str:
     """This sweep's version of the registered model (other tests of the session may register the same name)."""
-    versions = [v for v in client.search_model_versions(f"name='{REGISTERED}'") if v.run_id == parent_run_id]
+    versions = [v for v in client.search_model_versions(f"name='{REGISTERED}'")
+                if v.tags.get("sweep.parent_run_id") == parent_run_id]
     assert len(versions) == 1
     return versions[0].version
 

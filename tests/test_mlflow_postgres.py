@@ -28,7 +28,7 @@ import pytest
 from tuner.folder import SweepFolder
 from tests.conftest import free_port, run_cli, wait_http
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SMALL = ["--space", "resnet_rsb", "--dataset", "digits", "--set", "model=cnn_basic", "--set", "width=0.25"]
 

@@ -79,6 +79,7 @@ def test_accuracy_under_a_budget_sweep_then_grown(tmp_path):
         grown, parse_objectives("val_top1,latency_ms"), constraints)
 
 
+@pytest.mark.slow
 def test_a_budget_no_footprint_meets_is_one_line_before_any_trial(tmp_path):
     proc = run_cli("--space", "efficiency", "--dataset", "digits", "--cost-batch", "8", "--memory-per-trial", "2GB",
                    "--set", "model=cnn_basic", "--constraint", "params_m<=0.001", "--storage", str(tmp_path / "sweeps"), "--name", "none",

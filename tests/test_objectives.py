@@ -163,6 +163,7 @@ def test_costs_measured_once_per_footprint_and_cached(tmp_path, monkeypatch):
         costs.resolve_costs(tight, 10, 32, console, remote=False)
 
 
+@pytest.mark.slow
 def test_searcher_history_and_restore_keep_every_objective(tmp_path):
     from ray import tune
 

@@ -50,6 +50,7 @@ def test_a_trial_out_of_memory_ends_oom_and_the_sweep_finishes(tmp_path):
     assert runs["cnn_basic"].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_every_trial_out_of_memory_exits_non_zero(tmp_path):
     proc = run_cli(*GRID, "--set", "model=resnet18", "--storage", str(tmp_path / "s"), "--name", "all-oom",
                    "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path, timeout=600)

@@ -200,6 +200,7 @@ def test_a_user_model_trains_is_registered_and_predicts(tmp_path):
     assert len(top) == 3 and top == sorted(top, reverse=True) and 0 <= top[-1] and sum(top) <= 1 + 1e-6
 
 
+@pytest.mark.slow
 def test_own_code_shipped_to_workers_is_the_user_package(tmp_path, monkeypatch):
     from tuner import experiment
     from tuner.spec import build_spec
