@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.folder import REPORT_DIR, Sweep
-from tuner.report import analysis, figures, pareto, render, tables
+import tuner.report.analysis as analysis
+import tuner.report.figures as figures
+import tuner.report.pareto as pareto
+import tuner.report.render as render
+import tuner.report.tables as tables
 from tuner.report.figures import Figure
 from tuner.report.plotting import save
 from tuner.report.render import Section

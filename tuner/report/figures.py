@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.classify import EPOCH_METRICS
-from tuner.report import analysis
+import tuner.report.analysis as analysis
 from tuner.report.plotting import pyplot, width
 from tuner.results import TrialStatus
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.report import templates
+import tuner.report.templates as templates
 from tuner.report.figures import Figure
 from tuner.report.tables import Table
 

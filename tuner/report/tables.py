@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.report import analysis
+import tuner.report.analysis as analysis
 from tuner.report.figures import duration
 
 TOP_TRIALS = 10  # leaderboard rows
