@@ -84,34 +84,63 @@ def test_sigkilled_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
+EXPLODING_NETS = """\
+import torch.nn as nn
+
+
+class Exploding(nn.Module):
+    \"\"\"Trains for a few steps, then raises: a user's model with a bug the one-step preflight cannot see.\"\"\"
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+        self.steps = 0
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            if self.steps > 5:
+                raise RuntimeError("exploded on purpose after five steps")
+        return self.head(x.mean((2, 3)))
+
+
+def build(num_classes, image_size):
+    return Exploding(num_classes)
+"""
+
+
 def test_failing_and_diverging_trials_end_alone(tmp_path, capsys, monkeypatch):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "exploding_nets.py").write_text(EXPLODING_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))  # the user's own code, shipped to the trials by the tool
     space = SearchSpace(
         name="resilience_probe", description="one trial of each outcome", reproduces="-", dataset="digits",
         fixed={"image_size": 16, "batch_size": 32, "opt": "sgd", "lr": 10.0, "momentum": 0.9999,
                "weight_decay": 0.0, "sched": "constant", "width": 0.25, "vit_dim": 32, "vit_depth": 1,
                "vit_heads": 2, "vit_patch": 4},
-        # cnn_basic survives lr=10 (BatchNorm), the ViT's loss turns NaN, VGG's five pools fail on 16 px inputs
-        params={"model": tune.grid_search(["cnn_basic", "vit_scratch", "vgg16_bn"])},
+        # cnn_basic survives lr=10 (BatchNorm), the ViT's loss turns NaN, the user's model raises mid-epoch
+        params={"model": tune.grid_search(["cnn_basic", "vit_scratch", "exploding_nets:build"])},
         search="grid", asha=None, num_samples=1, max_epochs=1)
     monkeypatch.setitem(SPACES, space.name, space)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["--space", space.name, "--storage", str(tmp_path / "sweeps"), "--name", "f", "--mlflow-uri", uri])
     out = capsys.readouterr().out
-    assert code == 0  # one trial finished
+    assert code == 0, out  # one trial finished
     rows = {r["model"]: r for r in pq.read_table(tmp_path / "sweeps" / "f" / "trials.parquet").to_pylist()}
     assert rows["cnn_basic"]["status"] == "finished"
     assert rows["vit_scratch"]["status"] == "diverged" and "non-finite" in rows["vit_scratch"]["error"]
-    assert rows["vgg16_bn"]["status"] == "failed" and "Output size is too small" in rows["vgg16_bn"]["error"]
+    exploded = rows["exploding_nets:build"]
+    assert exploded["status"] == "failed" and "exploded on purpose" in exploded["error"]
     assert "1 trial(s) diverged" in out and "1 trial(s) failed" in out
     client, runs = mlflow_runs(uri, space.name)
     status = {r.data.params["model"]: (r.info.status, r.data.tags.get("end_reason", "")) for r in runs
               if "model" in r.data.params}
     assert status["cnn_basic"][0] == "FINISHED"
     assert status["vit_scratch"][0] == "FAILED" and "diverged" in status["vit_scratch"][1]
-    assert status["vgg16_bn"][0] == "FAILED" and "Output size is too small" in status["vgg16_bn"][1]
+    assert status["exploding_nets:build"][0] == "FAILED" and "exploded on purpose" in status["exploding_nets:build"][1]
 
     code = main(["--space", space.name, "--storage", str(tmp_path / "sweeps"), "--name", "all-fail",
-                 "--mlflow-uri", uri, "--set", "model=vgg16_bn"])
+                 "--mlflow-uri", uri, "--set", "model=exploding_nets:build"])
     assert code == 1  # no trial finished
 
 

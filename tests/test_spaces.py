@@ -56,6 +56,9 @@ def _pins(name, weights, folder):
                                          "--set", "width=0.25"],
         "cnn_grid": ["--set", "model=cnn_basic", "--set", "lr=1e-3", "--set", "weight_decay=1e-4",
                      "--set", "gamma=0.97", "--set", "sched=cosine"],  # leaves the augmentation axis: 2 cells
+        # a budget every footprint meets: a loaded machine's latency must not make a trial infeasible here
+        # (infeasible configs are tested in test_multi_objective_sweep)
+        "efficiency": ["--constraint", "latency_ms<=100000"],
         "imagenet100_ablation": ["--data-dir", str(folder), "--set", "image_size=64", "--set", "batch_size=16"],
     }.get(name, [])
 

@@ -272,7 +272,7 @@ def test_repeated_augmentation_trains_and_augments_each_copy_differently():
 
 # ---------------------------------------------------------------- models
 
-FAST_MODELS = [n for n in list_models() if n not in ("timm/<name>", "swin_t", "vit_b", "vit_s")]
+FAST_MODELS = [n for n in list_models() if n not in ("timm/<name>", "module:factory", "swin_t", "vit_b", "vit_s")]
 SLOW_MODELS = ["swin_t", "vit_s", "vit_b"]
 SMALL = dict(width=0.25, vit_dim=32, vit_heads=2, vit_depth=2)
 
