@@ -27,7 +27,7 @@ quickstart: setup
 	$(PY) -m tuner.run --space resnet_rsb --dataset digits --num-samples 4 --max-epochs 2
 
 test: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=30  # the slowest 30 in the log: the suite is kept well under CI's limit
 
 test-all: setup  # also the tests marked slow (minutes each: more signals, clusters, browsers)
 	$(PY) -m pytest

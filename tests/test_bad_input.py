@@ -269,6 +269,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # minutes: make test-all runs it; the fallback itself is test_resume_state_skips_torn_checkpoints
 @pytest.mark.integration
 def test_corrupt_checkpoint_on_resume_falls_back(tmp_path):
     """SIGKILL a sweep, truncate every checkpoint of one unfinished trial but its first, --resume: the trial goes

@@ -88,6 +88,7 @@ def test_unknown_figure_is_a_usage_error(capsys):
     assert "unknown figure" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # minutes: make test-all runs it; the benchmark figures' code is unit-tested above
 @pytest.mark.integration
 def test_cli_tiny_run_writes_every_figure(tmp_path):
     """`python -m benchmarks --tiny --json FILE` in a real subprocess, with a real local Ray instance."""

@@ -88,8 +88,9 @@ def user_package(folder: Path) -> Path:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("file,text,trials", [("spaces/lr.yaml", YAML_SPACE, 2), ("elsewhere/sgd.toml", TOML_SPACE, 2),
-                                              ("py/grid_space.py", PY_SPACE, 2)])
+@pytest.mark.parametrize("file,text,trials", [  # every format is parsed in test_space_files; one sweep in CI
+    ("spaces/lr.yaml", YAML_SPACE, 2), pytest.param("elsewhere/sgd.toml", TOML_SPACE, 2, marks=pytest.mark.slow),
+    pytest.param("py/grid_space.py", PY_SPACE, 2, marks=pytest.mark.slow)])
 def test_a_space_file_runs_as_a_real_sweep(tmp_path, file, text, trials):
     space = write(tmp_path, file, text)
     proc = run_cli("--space", str(space), "--name", "own", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}",

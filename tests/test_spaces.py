@@ -63,8 +63,14 @@ def _pins(name, weights, folder):
     }.get(name, [])
 
 
+# resnet_rsb runs in many sweeps of other tests, efficiency in test_multi_objective_sweep, an image folder in
+# test_folder_sweep, a ViT in vit_finetune's: their own two-trial sweeps run in make test-all
+COVERED_ELSEWHERE = {"resnet_rsb", "efficiency", "imagenet100_ablation", "vit_scratch"}
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name", sorted(set(SPACES) - {"vit_pretrain_finetune"}))  # that one: test below
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in COVERED_ELSEWHERE else n
+                                  for n in sorted(set(SPACES) - {"vit_pretrain_finetune"})])  # that one: below
 def test_space_runs_a_two_trial_sweep(name, tmp_path, weights):
     folder = write_image_folder(tmp_path / "imagefolder", classes=3, per_class=24, size=32)
     dataset = "folder" if SPACES[name].dataset == "folder" else "digits"

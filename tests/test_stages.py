@@ -42,6 +42,7 @@ def test_stage2_spec_carries_the_architecture_and_weights_but_not_warm_start_or_
     assert stage2_spec(default, "q-2", row).dataset == "cifar10"
 
 
+@pytest.mark.slow  # minutes: make test-all runs it; both stages run in CI (test_spaces)
 @pytest.mark.integration
 def test_killed_during_stage2_resume_finishes_every_stage2_sweep(tmp_path):
     args = ["--space", "vit_pretrain_finetune", "--dataset", "digits", "--num-samples", "2", "--max-epochs", "1",
