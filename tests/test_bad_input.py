@@ -363,3 +363,29 @@ def test_a_deleted_latest_checkpoint_is_put_back_before_resume(tmp_path):
     assert (tmp_path / "trial_a/checkpoint_000004/checkpoint.pt").read_bytes() == b"three"  # newest older one
     assert list((tmp_path / "trial_b/checkpoint_000002").iterdir()) == []  # nothing older: starts again
     assert (tmp_path / "trial_c/checkpoint_000001/checkpoint.pt").read_bytes() == b"kept"
+
+
+def test_a_lost_searcher_state_is_one_line_before_ray_would_start_over(tmp_path):
+    """Ray's resume fails without the searcher's saved state and then starts the experiment again from nothing;
+    the check before the restore names the missing or torn file and how to go on instead."""
+    import ray.cloudpickle as cloudpickle
+
+    from trainables.errors import UserError
+    from tuner.experiment import check_saved_search_state
+
+    experiment = tmp_path / "sweep"
+    experiment.mkdir()
+    (experiment / "sweep.json").write_text("{}")
+    check_saved_search_state(experiment)  # a grid's experiment: no searcher state to check
+    (experiment / "search_gen_state-2026-12-02_10-00-00.json").write_bytes(cloudpickle.dumps({"counter": 3}))
+    with pytest.raises(UserError, match=r"incomplete \(no searcher-state file\).*again under a new --name"):
+        check_saved_search_state(experiment)
+    (experiment / "trials.parquet").write_bytes(b"")  # the sweep wrote its table before: it can seed a new one
+    with pytest.raises(UserError, match=r"incomplete \(no searcher-state file\).*--warm-start .*sweep --name"):
+        check_saved_search_state(experiment)
+    searcher = experiment / "searcher-state-2026-12-02_10-00-00.pkl"
+    searcher.write_bytes(cloudpickle.dumps({"space": {"lr": 1}})[:5])  # torn
+    with pytest.raises(UserError, match=r"searcher-state-2026-12-02_10-00-00.pkl is unreadable"):
+        check_saved_search_state(experiment)
+    searcher.write_bytes(cloudpickle.dumps({"space": {"lr": 1}}))
+    check_saved_search_state(experiment)  # whole: Ray restores it

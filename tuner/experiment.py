@@ -40,6 +40,7 @@ def fit(spec: SweepSpec, path: Path, trainable, callbacks: list, *, num_samples:
     driver_callbacks.bind([*callbacks, watch])  # a restored experiment drives these, not its pickled copies
     stopper = stopping.bind_stopper(stopper or stopping.SweepStopper(None, None))
     if tune.Tuner.can_restore(str(path)):
+        check_saved_search_state(path)
         restore_deleted_latest_checkpoints(path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -238,6 +239,32 @@ def readable_trial_errors(experiment_dir: Path) -> int:
             raise OSError(errno.ENOSPC, "no space left to record a trial's error", str(pickled.parent)) from exc
         mended += 1
     return mended
+
+
+def check_saved_search_state(experiment_dir: Path) -> None:
+    """Ray restores a searcher from the state files it saves beside the experiment's; when one is missing or
+    unreadable (the disk filled, or the driver died before the first save), Ray's resume fails and Ray then starts
+    the experiment again from nothing, over the old one. A UserError says so first, and how to go on."""
+    import ray.cloudpickle as cloudpickle
+
+    wrapper = sorted(experiment_dir.glob("search_gen_state-*.json"))  # a searcher's (Optuna's), not a grid's
+    if not wrapper:
+        return
+    searcher = sorted(experiment_dir.glob("searcher-state-*.pkl"))
+    problem = "" if searcher else "no searcher-state file"
+    for file in (wrapper[-1], *searcher[-1:]):
+        try:
+            with open(file, "rb") as f:
+                cloudpickle.load(f)
+        except Exception as exc:  # noqa: BLE001 - torn, empty or unpicklable: the resume could not use it
+            problem = problem or f"{file.name} is unreadable: {type(exc).__name__}"
+    if problem:
+        folder = experiment_dir if (experiment_dir / "sweep.json").exists() else experiment_dir.parent
+        then = (f"start a new sweep from its best configs with --warm-start {folder} --name NEW_NAME"
+                if (folder / TRIALS_FILE).is_file() else "run it again under a new --name")
+        raise UserError(f"--resume: Ray's saved search state in {experiment_dir} is incomplete ({problem}), as "
+                        f"when the disk filled or the driver died while saving it, so the search cannot go on "
+                        f"where it stopped; what it ran stays in {folder}: {then}")
 
 
 # --- checkpoint repair before a restore ----------------------------------------------------------------------------
