@@ -106,6 +106,25 @@ def test_palette_with_transparency_gif_first_frame(tmp_path):
     assert tuple(read_rgb(tmp_path / "t.png")[0, 0]) == BACKGROUND
 
 
+def test_colour_key_transparency_is_composited_on_white(tmp_path):
+    """A PNG's tRNS colour key in RGB, L and 16-bit grayscale: keyed pixels are white, not black; the rest kept."""
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    rgb[:, 2:] = (200, 10, 10)
+    Image.fromarray(rgb, "RGB").save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    assert Image.open(tmp_path / "rgb.png").info["transparency"] == (0, 0, 0)
+    assert read_rgb(tmp_path / "rgb.png")[0].tolist() == [list(BACKGROUND)] * 2 + [[200, 10, 10]] * 2
+    gray = np.zeros((4, 4), dtype=np.uint8)
+    gray[:, 2:] = 77
+    Image.fromarray(gray, "L").save(tmp_path / "l.png", transparency=0)
+    assert Image.open(tmp_path / "l.png").info["transparency"] == 0
+    assert read_rgb(tmp_path / "l.png")[0].tolist() == [list(BACKGROUND)] * 2 + [[77, 77, 77]] * 2
+    deep = Image.new("I;16", (4, 4))
+    deep.putdata([0, 0, 25700, 25700] * 4)  # 25700 / 65535 x 255 = 100
+    deep.save(tmp_path / "i16.png", transparency=0)
+    assert Image.open(tmp_path / "i16.png").mode.startswith("I")
+    assert read_rgb(tmp_path / "i16.png")[0].tolist() == [list(BACKGROUND)] * 2 + [[100, 100, 100]] * 2
+
+
 def test_cmyk_bilevel_and_exif_orientation(tmp_path):
     rgb = np.zeros((16, 24, 3), dtype=np.uint8)
     rgb[..., 2] = 255

@@ -9,7 +9,8 @@ Conversion (`to_rgb`), so that nothing is lost silently:
   integer images from the smallest of 8, 16 or 32 bits that holds their values; float images in [0, 1] are scaled
   by 255, other float ranges stretched from min to max; 16-bit RGB(A) PNG and TIFF are read by Pillow at 8 bits
   (the high byte: scaled too);
-- alpha (RGBA, LA, PA, palette transparency, premultiplied modes) is composited on BACKGROUND (white);
+- alpha (RGBA, LA, PA, premultiplied modes) and colour-key transparency (a PNG's tRNS in P, L, RGB and 16-bit
+  grayscale) are composited on BACKGROUND (white);
 - palette, bilevel, grayscale, CMYK (through its embedded ICC profile when there is one) and YCbCr become RGB;
 - the EXIF orientation is applied; of a multi-frame file (GIF, TIFF pages) the first frame is read.
 An image above Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89.5 Mpx) is refused with one UserError
@@ -39,13 +40,19 @@ def to_rgb(image, background: tuple[int, int, int] = BACKGROUND):
     from PIL import Image
 
     mode = image.mode
+    keyed = "transparency" in image.info  # a PNG/GIF colour key (tRNS): pixels of that value are transparent
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_gray_to_uint8(image)).convert("RGB")
+        gray = Image.fromarray(_gray_to_uint8(image))
+        if keyed and mode != "F":  # a 16-bit key: compare before scaling to 8 bits
+            alpha = np.where(np.asarray(image) == image.info["transparency"], 0, 255).astype(np.uint8)
+            gray = Image.merge("LA", (gray, Image.fromarray(alpha))).convert("RGBA")
+            return to_rgb(gray, background)
+        return gray.convert("RGB")
     if mode in ("RGBa", "La"):  # premultiplied alpha: undo it before compositing
         image, mode = image.convert(mode[0:-1] + "A"), mode[0:-1] + "A"
     if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("LA", "PA"):
+        image = image.convert("RGBA" if keyed else "RGB")
+    elif mode in ("LA", "PA") or (keyed and mode in ("1", "L", "RGB")):  # Pillow turns a key into alpha
         image = image.convert("RGBA")
     elif mode == "CMYK":
         image = _cmyk_to_rgb(image)

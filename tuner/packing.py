@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -27,8 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from trainables.config import MEMORY, TrialConfig
+from trainables.config import TrialConfig
 from trainables.errors import UserError
+from tuner.footprints import (MAX_MEASURED, MEMORY_KEYS, check_batch_sizes, domain_ends,  # noqa: F401 - their
+                               memory_configs)  # old home: tuner.dryrun, tuner.costs, sweeps import them from here
 
 if TYPE_CHECKING:  # tuner.spec imports Ray: kept out so that gpucheck imports this module on a box without Ray
     from rich.console import Console
@@ -38,8 +39,6 @@ if TYPE_CHECKING:  # tuner.spec imports Ray: kept out so that gpucheck imports t
 SAFETY = 1.25  # allocator fragmentation and step-to-step variation over the measured peak
 CUDA_CONTEXT_BYTES = 600 * 2 ** 20  # every trial process holds its own CUDA context (~0.5 GiB on H100s)
 MAX_TRIALS_PER_GPU = 8
-MEMORY_KEYS = TrialConfig.tagged(MEMORY)  # keys that change a step's memory; the rest (lr, ...) do not
-MAX_MEASURED = 16
 HOST_SAFETY = 1.1  # step-to-step variation over one measured step (CPU tensors are freed to the OS: no cache)
 HOST_EXTRA = 256 * 2 ** 20  # checkpoint serialisation and Tune's per-trial objects, not in the probe's step
 GUARD_HEADROOM = 1.25  # a CPU trial fails as oom once its private memory passes its request by this factor
@@ -58,47 +57,10 @@ def choose_packing(need_bytes: int, gpu_bytes: int, most: int = MAX_TRIALS_PER_G
     return max(0, min(most, gpu_bytes // max(need_bytes, 1)))
 
 
-def memory_configs(spec: SweepSpec, most: int = MAX_MEASURED,
-                   keys: tuple[str, ...] = MEMORY_KEYS) -> list[dict[str, Any]]:
-    """Configs covering every combination of the memory-relevant choices the space searches (capped at `most`),
-    the other keys taken from one sampled config. Continuous memory keys are rare; a few samples cover them.
-    `keys`: another set of footprint keys (tuner.costs: the architecture keys, which set inference cost)."""
-    from ray.tune.search.sample import Categorical
-
-    from tuner.spec import sample_configs
-
-    base = sample_configs(spec, 1)[0]
-    space = spec.param_space()
-    axes = {k: list(v.categories) for k, v in space.items() if k in keys and isinstance(v, Categorical)}
-    axes.update({k: list(v["grid_search"]) for k, v in space.items()
-                 if k in keys and isinstance(v, dict) and "grid_search" in v})
-    axes.update({k: list(domain_ends(v)) for k, v in space.items() if k in keys and k not in axes
-                 and domain_ends(v)})  # memory grows monotonically in batch, size, width: the ends bound it
-    configs = [{**base, **dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
-    configs += sample_configs(spec, 4)  # continuous memory keys, if any
-    unique, seen = [], set()
-    for config in configs:
-        key = tuple((k, repr(config.get(k))) for k in keys)
-        if key not in seen:
-            seen.add(key)
-            unique.append(config)
-    return unique[:most]
-
-
-def domain_ends(domain) -> tuple:
-    """(smallest, largest) value a numeric Ray Tune domain samples; () for anything else."""
-    from ray.tune.search.sample import Float, Integer, Quantized
-
-    if isinstance(domain, Integer):  # randint's upper bound is exclusive, qrandint's inclusive
-        top = domain.upper if isinstance(domain.get_sampler(), Quantized) else domain.upper - 1
-        return (domain.lower, top)
-    if isinstance(domain, Float):
-        return (domain.lower, domain.upper)
-    return ()
-
-
 def probe_splits(cfg: TrialConfig, num_classes: int, image_size: int, val_images: int):
-    """Random images for one training step (one batch) and `val_images` of validation."""
+    """Random images for one training step (one batch) and `val_images` of validation, at `image_size`: the data's
+    stored size, which the probe's step resizes to the config's image_size on its device as a trial's does (its
+    batches, and the validation batch as float, are held at the stored size first)."""
     import numpy as np
 
     from trainables.data import ImageSplits
@@ -112,7 +74,8 @@ def probe_splits(cfg: TrialConfig, num_classes: int, image_size: int, val_images
 
 
 def measure_peak_bytes(config: dict[str, Any], num_classes: int, image_size: int) -> int:
-    """Peak reserved CUDA memory of one training step (and one validation batch) of `config`, on this GPU."""
+    """Peak reserved CUDA memory of one training step (and one validation batch) of `config`, on this GPU, on
+    data stored at `image_size` (resized to the config's image_size in the step, as in a trial)."""
     import torch
 
     from trainables.classify import train_epochs
@@ -142,7 +105,7 @@ def resolve_gpus_per_trial(spec: SweepSpec, num_classes: int, image_size: int, c
         return 0.0
     measure = ray.remote(num_gpus=1)(measure_peak_bytes)
     configs = memory_configs(spec)
-    peaks = ray.get([measure.remote(c, num_classes, c.get("image_size") or image_size) for c in configs])
+    peaks = ray.get([measure.remote(c, num_classes, image_size) for c in configs])  # data at the stored size
     gpu_bytes = ray.get(ray.remote(num_gpus=1)(_gpu_total_bytes).remote())
     worst, peak = max(zip(configs, peaks), key=lambda pair: pair[1])
     need = trial_bytes(peak)
@@ -184,7 +147,8 @@ def host_trial_bytes(peak_private: int) -> int:
 def measure_host_bytes(config: dict[str, Any], num_classes: int, image_size: int, val_images: int,
                        limit_bytes: int = 0, every_core: bool = False) -> dict[str, Any]:
     """One training step and one validation pass of `config`, in this (fresh) process, on its device (a GPU when
-    Ray gave it one): {"peak": peak private bytes, "baseline": private bytes before it, "gpu_peak": bytes}, or
+    Ray gave it one), on data stored at `image_size` that the step resizes as a trial does: {"peak": peak private
+    bytes, "baseline": private bytes before it, "gpu_peak": bytes}, or
     {"exceeds": limit_bytes} when the step needed more than `limit_bytes` (so it cannot kill the node).
     `every_core`: torch uses all of the node's cores (the probe runs alone; a few MB more scratch than a trial)."""
     import torch
@@ -216,7 +180,9 @@ def measure_host_bytes(config: dict[str, Any], num_classes: int, image_size: int
 
 
 def footprint(config: dict[str, Any], image_size: int) -> str:
-    return " ".join(f"{k}={config.get(k)!r}" for k in MEMORY_KEYS) + f" size={config.get('image_size') or image_size}"
+    """What a probe's memory depends on: the memory keys, the size the model sees and the data's stored size."""
+    return (" ".join(f"{k}={config.get(k)!r}" for k in MEMORY_KEYS)
+            + f" size={config.get('image_size') or image_size} stored={image_size}")
 
 
 def describe(config: dict[str, Any], image_size: int) -> str:
@@ -281,10 +247,9 @@ def measure_all(spec: SweepSpec, configs: list[dict], num_classes: int, image_si
     reused = {k for k in keys if k in known}
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=gpus, max_calls=1, max_retries=0)(measure_host_bytes)
     for config, key in zip(configs, keys):
-        if key not in known:
-            size = config.get("image_size") or image_size
-            known[key] = _probe_result(task.remote(config, num_classes, size, val_images, node_bytes, True), config,
-                                       image_size, node_bytes)
+        if key not in known:  # trials get data at the stored size and resize it on their device: so does the probe
+            known[key] = _probe_result(task.remote(config, num_classes, image_size, val_images, node_bytes, True),
+                                       config, image_size, node_bytes)
     _save_probes({k: v for k, v in known.items() if "exceeds" not in v})
     return [{**known[k], "reused": k in reused} for k in keys]
 
@@ -318,7 +283,8 @@ def _probe_key(config: dict, num_classes: int, image_size: int, val_images: int,
 
     import torch
 
-    what = (f"probe 1 {footprint(config, image_size)} classes={num_classes} val={val_images} gpu={gpu} "
+    # "probe 2": probes before it fed data at the model's size, not the stored one: measured again
+    what = (f"probe 2 {footprint(config, image_size)} classes={num_classes} val={val_images} gpu={gpu} "
             f"torch={torch.__version__} cpu={platform.machine()} {cpu_model()}")
     return hashlib.sha256(what.encode()).hexdigest()[:20]
 
@@ -447,21 +413,3 @@ def train_classifier(config: dict[str, Any], data, guard: TrialGuard | None = No
         if not is_out_of_memory(exc):
             raise
         raise TrialOutOfMemory(oom_reason(exc, guard, on_gpu)) from exc
-
-
-def check_batch_sizes(spec: SweepSpec, train_images: int) -> None:
-    """A batch larger than the training split leaves a trial no update to make: refused for the space's whole range
-    (fixed, a choice, a grid or a numeric range), before any trial starts."""
-    from ray.tune.search.sample import Categorical
-
-    value = spec.param_space().get("batch_size", TrialConfig().batch_size)
-    if isinstance(value, Categorical):
-        largest = max(value.categories)
-    elif isinstance(value, dict) and "grid_search" in value:
-        largest = max(value["grid_search"])
-    else:
-        largest = domain_ends(value)[-1] if domain_ends(value) else value
-    if largest > train_images:
-        searched = "" if isinstance(value, int) else " (the largest the space samples)"
-        raise UserError(f"batch_size {largest}{searched} exceeds the {train_images} training images (after the "
-                        f"validation split); lower it, e.g. --set batch_size={max(2, min(128, train_images // 4))}")

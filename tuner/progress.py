@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tuner.callbacks import DriverCallback
-from tuner.results import TrialStatus, error_status, trial_status
+from tuner.results import TrialStatus, asked_memory, error_status, failure_line, last_failure, trial_status
 
 PLAIN_EVERY_S = 60.0  # a progress line this often when the output is not a terminal
 TOP = 3
@@ -58,6 +58,7 @@ class LiveProgress(DriverCallback):
         self.started = time.monotonic()
         self.live: Live | None = None
         self._last_draw = self._last_line = time.monotonic()
+        self._seeded = False  # trials that ended before this run (--resume) are counted from Tune's list once
 
     # --- Tune's events ---------------------------------------------------------------------------------------
 
@@ -89,8 +90,8 @@ class LiveProgress(DriverCallback):
         self._ended(trial.trial_id, status, f": {self.metric} {result.get(self.metric, float('nan')):.2f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        last = _last_error_line(trial.error_file)
-        status = error_status(last)
+        last = failure_line(last_failure(trial.error_file), asked_memory(trial))  # one line, Ray's kills too
+        status = error_status(last) if last else TrialStatus.FAILED
         if status is TrialStatus.OOM:  # our guard's line, or an allocator's / Ray's own
             reason = last.split(": ", 1)[-1] if last.split(": ", 1)[0].endswith(("Error", "Memory")) else last
             detail = " " + reason.removeprefix("out of memory").lstrip(": ")[:400]
@@ -98,7 +99,11 @@ class LiveProgress(DriverCallback):
             detail = f": {last[:300]}" if last else f" (log: {trial.error_file})"
         self._ended(trial.trial_id, status, escape(detail))
 
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        self.seed(trials)
+
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self.seed(trials)
         now = time.monotonic()
         if self.live is not None and now - self._last_draw > 0.25:
             self._last_draw = now
@@ -111,6 +116,30 @@ class LiveProgress(DriverCallback):
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+    def seed(self, trials: list) -> None:
+        """The first time Tune's trial list is seen: trials already ended in it (a --resume restores them, and
+        Tune sends them no events again) count as ended, with their status, epochs and best value."""
+        if self._seeded or not trials:
+            return
+        self._seeded = True
+        for trial in trials:
+            if trial.trial_id in self.trials or trial.status not in ("TERMINATED", "ERROR"):
+                continue  # pending or unfinished ones start (again) and are seen then
+            result = trial.last_result or {}
+            if trial.status == "ERROR":
+                status = error_status(failure_line(last_failure(trial.error_file)))
+            elif "epoch" in result:
+                status = trial_status(result, errored=False,
+                                      max_epochs=int(trial.config.get("max_epochs", self.max_epochs)))
+            else:
+                continue  # never started (an earlier sweep stopped first): no row, not ended
+            view = self.trials[trial.trial_id] = TrialView(trial.trial_id, int(result.get("epoch", 0)))
+            view.status = status
+            value, best = result.get(self.metric), result.get(f"best_{self.metric}")
+            if isinstance(value, (int, float)) and value == value:
+                view.value = float(value)
+                view.best = float(best) if isinstance(best, (int, float)) and best == best else view.value
 
     # --- what is shown -------------------------------------------------------------------------------------
 
@@ -189,11 +218,3 @@ def format_eta(seconds: float | None) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
-
-
-def _last_error_line(error_file: str | None) -> str:
-    try:  # the exception's own line ends the trial's error file
-        with open(error_file) as f:
-            return [line.strip() for line in f if line.strip()][-1]
-    except (OSError, TypeError, IndexError):
-        return ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,76 @@ UNSUCCESSFUL = (TrialStatus.FAILED, TrialStatus.DIVERGED, TrialStatus.OOM)
 # what a Ray error or a trial's traceback says when a trial ran out of memory
 OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "running low on memory",
                "Cannot allocate memory", "can't allocate memory", "not enough memory", "MemoryError")
+# Ray's memory monitor killed the trial's worker (Ray's OutOfMemoryError; an actor's exit type and detail)
+MONITOR_KILL = re.compile(r"running low on memory|killed due to memory pressure|NODE_OUT_OF_MEMORY|Memory on the node")
+# the worker died by SIGKILL, which on a node short of memory is the kernel's OOM killer (Ray names it first)
+KERNEL_KILL = re.compile(r"killed by the OOM killer|SIGKILL|signal 9\b|exit code -?9\b")
+# "was 22.80GB used / 23.20GB limit (0.98)" (Ray 2.60), "was 27.71GB / 28.80GB (0.962273), which exceeds the
+# memory usage threshold of 0.95" (earlier Rays)
+NODE_USE = re.compile(r"was (?P<used>\d+(?:\.\d+)?) ?GB (?:used )?/ (?P<of>\d+(?:\.\d+)?) ?GB(?P<limit> limit)?"
+                      r"(?: \([\d.]+\))?(?:, which exceeds the memory usage threshold of "
+                      r"(?P<threshold>\d+(?:\.\d+)?))?")
+WORKER_USE = re.compile(r"(?<![\w])(?:actual )?memory used=(\d+(?:\.\d+)?) ?GB")
+ASKED = re.compile(r"required resources=\{[^}]*?\bmemory\W{1,3}(\d+(?:\.\d+)?(?:e\+?\d+)?) ?([KMGT]i?B)?")
+UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "TiB": 2 ** 40}
+ADVICE = "Lower batch_size or image_size, or raise --memory-per-trial"
 
 
 def error_status(error: BaseException | str | None) -> TrialStatus:
-    """FAILED, or OOM when the error says the trial ran out of memory (Ray's memory monitor, CUDA, the allocator)."""
+    """FAILED, or OOM when the error says the trial ran out of memory (Ray's memory monitor, the kernel's OOM
+    killer, CUDA, the allocator)."""
     text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error or "")
-    return TrialStatus.OOM if any(marker in text for marker in OOM_MARKERS) else TrialStatus.FAILED
+    oom = any(marker in text for marker in OOM_MARKERS) or MONITOR_KILL.search(text) or KERNEL_KILL.search(text)
+    return TrialStatus.OOM if oom else TrialStatus.FAILED
+
+
+def failure_line(error: BaseException | str | None, asked_bytes: float = 0) -> str:
+    """The one line a failed trial is shown and recorded with: the exception's own (last) line, or for a worker
+    Ray's memory monitor or the kernel killed, what ran out, what the trial asked for (`asked_bytes`, else what
+    Ray's message says) and what the node had: never Ray's multi-line message or its documentation paragraph."""
+    text = str(error if error is not None else "").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    own = next((line for line in reversed(lines) if "out of memory (" in line), None)  # packing's guard: one line
+    if own is not None or not (MONITOR_KILL.search(text) or KERNEL_KILL.search(text)):
+        fallback = type(error).__name__ if isinstance(error, BaseException) else ""
+        return (own or (lines[-1] if lines else fallback))[:500]
+    asked = asked_bytes or _asked_bytes(text)
+    asked_text = f"; it asked Ray for {asked / 2 ** 30:.2f} GiB" if asked else ""  # unknown: not guessed
+    if MONITOR_KILL.search(text):
+        used = WORKER_USE.search(text)
+        node = NODE_USE.search(text)
+        what = "Ray's memory monitor killed its worker" + (f" (using {used.group(1)} GB)" if used else "")
+        if node and node["limit"]:
+            what += f" with the node's memory at {node['used']} GB used of its {node['of']} GB limit"
+        elif node:
+            threshold = f", past Ray's kill threshold of {node['threshold']}" if node["threshold"] else ""
+            what += f" with the node's memory at {node['used']} of {node['of']} GB{threshold}"
+    else:
+        what = "its worker process was killed (SIGKILL), most likely by the kernel's OOM killer on a node out of memory"
+    return f"out of memory (host): {what}{asked_text}. {ADVICE}"
+
+
+def _asked_bytes(text: str) -> float:
+    """The `memory` a killed worker's lease asked for, where Ray's message lists its required resources."""
+    found = ASKED.search(text)
+    return float(found.group(1)) * UNITS.get(found.group(2) or "", 1) if found else 0.0
+
+
+def last_failure(error_file: str | None) -> str:
+    """What the trial's error file says of its last failure (Tune appends "Failure # N (occurred at ...)" and the
+    error's text, several lines for Ray's own errors, for each)."""
+    try:
+        with open(error_file) as f:
+            text = f.read()
+    except (OSError, TypeError):
+        return ""
+    return re.split(r"^Failure # \d+ \(occurred at [^)]*\)\s*$", text, flags=re.M)[-1].strip()
+
+
+def asked_memory(trial) -> float:
+    """The memory (bytes) the trial asked of Ray, from its resources; 0 when it asked for none."""
+    resources = getattr(getattr(trial, "placement_group_factory", None), "required_resources", None) or {}
+    return float(resources.get("memory", 0) or 0)
 
 
 def trial_status(last_result: dict[str, Any], *, errored: bool, max_epochs: int,
@@ -61,8 +126,9 @@ def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["status"] in COMPLETED and _finite(r.get("best_val_top1"))]
 
 
-def trial_rows(result_grid) -> list[dict[str, Any]]:
-    """One row per trial from Ray Tune's ResultGrid: outcome, timing, where it ran, best checkpoint, config."""
+def trial_rows(result_grid, asked_bytes: float = 0) -> list[dict[str, Any]]:
+    """One row per trial from Ray Tune's ResultGrid: outcome, timing, where it ran, best checkpoint, config.
+    `asked_bytes`: the memory each trial asked of Ray (said in an out-of-memory row's error)."""
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
@@ -86,7 +152,7 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
             "wall_s": float(metrics.get("time_total_s", math.nan)),
             "node_id": str(metrics.get("node_id", "")),
             "checkpoint": best_ckpt.path if best_ckpt is not None else None,
-            "error": (_one_line(result.error) if result.error is not None else
+            "error": (failure_line(result.error, asked_bytes) if result.error is not None else
                       f"non-finite training loss at epoch {epochs}" if status is TrialStatus.DIVERGED else None),
             # deployment costs (tuner.costs), constant over a trial: in every result of a multi-objective sweep
             **{k: float(v) for k, v in metrics.items() if k.startswith("cost_") and isinstance(v, numbers.Real)},
@@ -132,8 +198,3 @@ def _resolved(config: dict[str, Any]) -> dict[str, Any]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[-1] if text else type(error).__name__)[:500]
