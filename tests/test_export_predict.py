@@ -5,6 +5,7 @@ agreeing with the checkpoint on test images written as PNG files; one-line error
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,102 @@ def test_export_bad_input_is_one_line(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     # the wording is tuner.folder's, shared by every command over a sweep folder
     assert len(out) == 1 and out[0].startswith("error: ") and "no sweep at" in out[0] and "nope" in out[0]
+
+
+UNTRACEABLE_NET = """\
+import torch
+from torch import nn
+
+
+class Untraceable(nn.Module):
+    \"\"\"Runs eagerly (and under torch.export, so ONNX works) but TorchScript can neither script nor trace it.\"\"\"
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            raise RuntimeError("this net refuses to be traced")
+        pooled = sum(x[:, c:c + 1].mean((2, 3)) for c in range(3))  # a generator: TorchScript cannot script it
+        return self.fc(x.mean((2, 3))) + 0 * pooled
+
+
+def build(num_classes, image_size):
+    return Untraceable(num_classes)
+
+
+def small(num_classes, image_size):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+"""
+
+
+def tiny_sweep(root: Path, models: dict[str, str]) -> Path:
+    """A finished sweep folder on disk: one checkpoint per trial (trial id -> model), the first trial the winner."""
+    from trainables.classify import CHECKPOINT_FILE
+    from trainables.config import TrialConfig
+    from trainables.models import create_model
+    from tuner.folder import SweepFolder, SweepRecord, SweepState
+    from tuner.spec import build_spec
+
+    spec = build_spec(space="resnet_rsb", dataset="digits", storage=str(root / "sweeps"), name="tiny")
+    folder = SweepFolder(spec.sweep_dir)
+    folder.path.mkdir(parents=True)
+    rows = []
+    for trial_id, model in models.items():
+        cfg = TrialConfig.from_dict({**TrialConfig().to_dict(), "model": model, "image_size": 16})
+        net = create_model(model, 10, image_size=16)
+        checkpoint = folder.path / "trials" / trial_id
+        checkpoint.mkdir(parents=True)
+        torch.save({"model": net.state_dict(), "config": cfg.to_dict(), "num_classes": 10, "image_size": 16,
+                    "classes": [str(c) for c in range(10)], "mean": [0.5] * 3, "std": [0.25] * 3},
+                   checkpoint / CHECKPOINT_FILE)
+        rows.append({"trial_id": trial_id, "status": "finished", "best_val_top1": 0.5, "checkpoint": str(checkpoint),
+                     **cfg.to_dict()})
+    folder.write_trials(rows)
+    folder.write_record(SweepRecord(spec, parent_run_id="0" * 32, state=SweepState.COMPLETE,
+                                    winner=rows[0]["trial_id"]))
+    return folder.path
+
+
+@pytest.fixture
+def user_nets(tmp_path, monkeypatch) -> str:
+    (tmp_path / "exportnets.py").write_text(UNTRACEABLE_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "exportnets", raising=False)
+    return "exportnets"
+
+
+def export(sweep: Path, *args: str) -> int:
+    from tuner import export as export_module
+
+    return export_module.main([str(sweep), "--batch", "4", "--iterations", "3", "--budget", "0.05", "--no-mlflow",
+                               *args])
+
+
+def test_export_says_when_torchscript_is_not_exported(tmp_path, user_nets, capsys):
+    sweep = tiny_sweep(tmp_path, {"t0": f"{user_nets}:build"})
+    assert export(sweep) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("TorchScript: not exported (scripting failed: " in out and "; tracing failed: RuntimeError: this net "
+            "refuses to be traced)" in out), out
+    assert f"ONNX: {sweep / 'export' / 'model.onnx'}" in out
+    summary = json.loads((sweep / "export" / "export.json").read_text())
+    torchscript = summary["torchscript"]
+    assert torchscript["file"] is None and "refuses to be traced" in torchscript["trace_unavailable"]
+    assert not (sweep / "export" / "model.pt").exists() and (sweep / "export" / "model.onnx").is_file()
+
+
+def test_exporting_another_trial_keeps_the_winners_export(tmp_path, user_nets, capsys):
+    sweep = tiny_sweep(tmp_path, {"t0": f"{user_nets}:small", "t1": f"{user_nets}:small", "t2": f"{user_nets}:small"})
+    for trial in (None, "t1", "t2"):
+        assert export(sweep, *(["--trial", trial] if trial else [])) == 0
+    out = capsys.readouterr().out
+    for trial, where in (("t0", sweep / "export"), ("t1", sweep / "export" / "t1"), ("t2", sweep / "export" / "t2")):
+        summary = json.loads((where / "export.json").read_text())
+        assert summary["trial_id"] == trial and (where / "model.onnx").is_file() and (where / "model.pt").is_file()
+        assert f"TorchScript (script): {where / 'model.pt'}" in " ".join(out.split())
+    assert export(sweep, "--trial", "t0") == 0  # the winner named by --trial: still export/
+    assert json.loads((sweep / "export" / "export.json").read_text())["trial_id"] == "t0"
+    assert not (sweep / "export" / "t0").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,11 +19,11 @@ import numpy as np
 from trainables.cache import (CacheEntry, cache_root, find_or_build, is_whole_file, locate,
                               open_arrays, split_indices, stats_from_histogram)
 from trainables.errors import UserError
-from trainables.named_sets import TORCHVISION_SETS, digits, npz, torchvision_set
+from trainables.named_sets import NPZ_KEYS, TORCHVISION_SETS, digits, npz, torchvision_set
 
 DATASETS = ("digits", *TORCHVISION_SETS, "npz", "folder")
 DEFAULT_DATA_DIR = "data"  # for torchvision's sets when --data-dir is not given: created, and downloaded into
-# (classes, stored image size) known without touching the files, for --dry-run; a folder's are read from disk.
+# (classes, stored image size) known without touching the files, for --dry-run; an npz's: npz_shape.
 KNOWN_SHAPES = {"digits": (10, 32), **{name: (s.num_classes, s.size) for name, s in TORCHVISION_SETS.items()}}
 
 
@@ -136,3 +137,36 @@ def _default_dir() -> Path:
     except OSError as exc:
         raise UserError(f"cannot create the data folder {path} ({exc.strerror}); pass --data-dir PATH") from None
     return path
+
+
+def npz_shape(data_dir: str | os.PathLike) -> tuple[int, int]:
+    """(classes, image size) of an .npz data set, cheaply: train_x's shape from its .npy header (its images are
+    not read), the classes from the labels (small) or its `classes` array. UserError when it cannot be read
+    (tuner.run's loading would say more: this is for --dry-run)."""
+    path = Path(data_dir).expanduser()
+    found = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    if len(found) != 1 or not found[0].is_file():
+        raise UserError(f"--data-dir {path}: no single .npz file there")
+    try:
+        with zipfile.ZipFile(found[0]) as archive:
+            files = {name.removesuffix(".npy") for name in archive.namelist()}
+            keys = {key: next((k for k in NPZ_KEYS[key] if k in files), None) for key in NPZ_KEYS}
+            if None in keys.values():
+                raise KeyError(", ".join(k for k, v in keys.items() if v is None))
+            with archive.open(f"{keys['train_x']}.npy") as header:
+                version = np.lib.format.read_magic(header)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape = read(header)[0]
+
+            def array(name: str) -> np.ndarray:
+                with archive.open(f"{name}.npy") as f:
+                    return np.lib.format.read_array(f, allow_pickle=False)
+
+            labels = max(int(array(keys[p]).max(initial=0)) for p in ("train_y", "test_y")) + 1
+            classes = max(labels, len(array("classes"))) if "classes" in files else labels
+    except Exception as exc:  # noqa: BLE001 - not a zip, a missing array, a broken header
+        raise UserError(f"--data-dir {found[0]} is not a readable .npz ({type(exc).__name__}: {exc})") from None
+    # (N, H, W), (N, H, W, C) or (N, C, H, W), as trainables.named_sets.npz reads them
+    size = shape[1] if len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3)) else shape[-1]
+    return classes, int(size)

@@ -96,8 +96,19 @@ def create_model(name: str, num_classes: int, *, image_size: int = 32, width: fl
                         f"--set model=package.module:factory)")
     if not hasattr(model, "group_matcher") and not getattr(model, "pretrained_cfg", {}).get("classifier"):
         # timm's layer_decay groups a model without group_matcher() by this hint, else it puts all in one group
-        model.pretrained_cfg = {"classifier": classifier_name(model)}
+        model.pretrained_cfg = {"classifier": _head_of(model, name)}
     return model
+
+
+def _head_of(model: nn.Module, name: str) -> str:
+    """classifier_name, with a user model's missing head said against its `module:factory`."""
+    try:
+        return classifier_name(model)
+    except UserError:
+        if not is_user_model(name):
+            raise
+        raise UserError(f"model '{name}': cannot tell its classifier head (it has no nn.Linear layer, "
+                        f"get_classifier() or .fc); end it with an nn.Linear(features, num_classes)") from None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -40,6 +40,8 @@ COST_ROUNDS = 5
 CACHE_FILE = "cost-probes.json"
 SWEEP_FILE = "costs.json"
 MIB = 2 ** 20
+COST_TIMEOUT_S = 600  # the wait for the measuring task, plus this per footprint (see measure_remote)
+COST_TIMEOUT_PER_FOOTPRINT_S = 600
 
 
 @dataclass(frozen=True)
@@ -267,16 +269,7 @@ def measure_cached(configs: list[dict[str, Any]], num_classes: int, image_size: 
     if todo:
         todo_configs = [c for c, _ in todo]
         if remote:
-            import ray
-
-            if settings.device == "cuda" and not ray.cluster_resources().get("GPU"):
-                raise UserError("--cost-device cuda: the Ray cluster has no GPU to measure costs on; use "
-                                "--cost-device cpu, or join a cluster with one (--address)")
-
-            task = ray.remote(num_cpus=settings.threads if settings.device == "cpu" else 1,
-                              num_gpus=1 if settings.device == "cuda" else 0, max_calls=1,
-                              max_retries=0)(measure_footprints)
-            measured = ray.get(task.remote(todo_configs, num_classes, image_size, settings))
+            measured = measure_remote(todo_configs, num_classes, image_size, settings)
         else:
             measured = measure_footprints(todo_configs, num_classes, image_size, settings)
         fresh = {k: m for (_, k), m in zip(todo, measured)}
@@ -284,6 +277,43 @@ def measure_cached(configs: list[dict[str, Any]], num_classes: int, image_size: 
         save_json(cache_path(), {**load_json(cache_path()), **{k: m for k, m in fresh.items() if "error" not in m}})
     measured_now = {k for _, k in todo}
     return [{**known[k], "cached": k not in measured_now} for k in keys]
+
+
+def check_cost_resources(settings: CostSettings, nodes: Sequence[dict[str, float]]) -> None:
+    """The measuring task must fit one live node (`nodes`: each one's Ray resources), else Ray leaves it pending
+    and the sweep waits forever: one error line instead."""
+    max_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if settings.device == "cuda" and not any(n.get("GPU", 0) >= 1 and n.get("CPU", 0) >= 1 for n in nodes):
+        raise UserError("--cost-device cuda: the Ray cluster has no GPU to measure costs on; use "
+                        "--cost-device cpu, or join a cluster with one (--address)")
+    if settings.device == "cpu" and settings.threads > max_cpus:
+        raise UserError(f"--cost-threads {settings.threads} but the Ray cluster's largest node has {max_cpus:g} "
+                        f"CPU(s); pass --cost-threads {max(1, int(max_cpus))} or less, or join a cluster with a "
+                        f"bigger node (--address)")
+
+
+def measure_remote(configs: list[dict[str, Any]], num_classes: int, image_size: int,
+                   settings: CostSettings) -> list[dict[str, Any]]:
+    """measure_footprints in one fresh Ray worker holding --cost-threads CPUs (or a GPU), waited for at most
+    COST_TIMEOUT_S plus COST_TIMEOUT_PER_FOOTPRINT_S per config (generous: a big net at batch 64 on CPU takes
+    minutes), so a task the cluster never schedules (its CPUs held by other work) is an error, not a hang."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    check_cost_resources(settings, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    task = ray.remote(num_cpus=settings.threads if settings.device == "cpu" else 1,
+                      num_gpus=1 if settings.device == "cuda" else 0, max_calls=1,
+                      max_retries=0)(measure_footprints)
+    ref = task.remote(configs, num_classes, image_size, settings)
+    timeout = COST_TIMEOUT_S + COST_TIMEOUT_PER_FOOTPRINT_S * len(configs)
+    try:
+        return ray.get(ref, timeout=timeout)
+    except GetTimeoutError:
+        ray.cancel(ref, force=True)
+        wanted = f"{settings.threads} CPU(s)" if settings.device == "cpu" else "a GPU"
+        raise UserError(f"costs: measuring {len(configs)} footprint(s) ({settings.describe()}) did not finish in "
+                        f"{timeout:.0f} s; the Ray task may have waited for {wanted} held by other work: try again "
+                        f"when the cluster is idle, or lower --cost-threads / --cost-batch") from None
 
 
 def check_feasible(book: CostBook) -> None:

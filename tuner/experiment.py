@@ -89,11 +89,19 @@ def user_code(spec: SweepSpec) -> list[str]:
     paths = []
     for name in sorted(names):
         top = user_model_module(name).split(".")[0]
-        found = importlib.util.find_spec(top)
-        if found is None or not found.origin:
+        try:
+            found = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
             continue  # preflight says so, in one line
+        if found.origin is None or found.origin == "namespace":  # a namespace package (no __init__.py): has
+            # no file of its own, only its folder(s), one per sys.path entry holding a part of it
+            paths += [str(Path(p)) for p in found.submodule_search_locations or ()]
+            continue
         origin = Path(found.origin)
-        paths.append(str(origin.parent if origin.name == "__init__.py" else origin))
+        if origin.is_file():  # not a built-in or frozen module
+            paths.append(str(origin.parent if origin.name == "__init__.py" else origin))
     return sorted(set(paths))
 
 
@@ -191,13 +199,27 @@ def warm_start_points(spec: SweepSpec) -> list[dict[str, Any]]:
         return value is not None and value == value and domain.lower <= value <= domain.upper
 
     points = []
-    for row in sorted(results.scored(source.read_trials()), key=lambda r: -r["best_val_top1"]):
+    for row in sorted(results.scored(source.read_trials()), key=warm_start_rank(spec)):
         point = plain_config({k: row[k] for k in domains if k in row})
         if point and all(fits(k, v) for k, v in point.items()) and point not in points:
             points.append(point)
     if not points:
         raise UserError(f"--warm-start {spec.warm_start}: none of its finished trials fits space '{spec.space}'")
     return points[:max(1, min(WARM_START_TOP, spec.num_samples // 2))]
+
+
+def warm_start_rank(spec: SweepSpec) -> Callable[[dict[str, Any]], tuple]:
+    """Sort key of an earlier sweep's trials for --warm-start: by validation top-1; for a multi-objective sweep
+    the source's feasible Pareto front first (a trade-off, not just the most accurate), then its other feasible
+    trials, then the rest (a single-objective source, without those columns, ranks by top-1 alone)."""
+    if not spec.multi_objective:
+        return lambda row: (-row["best_val_top1"],)
+
+    def rank(row: dict[str, Any]) -> tuple:
+        feasible = row.get("feasible") is not False  # unknown (no constraints recorded): as feasible
+        return not (feasible and bool(row.get("pareto"))), not feasible, -row["best_val_top1"]
+
+    return rank
 
 
 def preset_points(points: list[dict[str, Any]]):

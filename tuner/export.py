@@ -8,6 +8,9 @@
     STORAGE/NAME/export/export.json        what was exported from which checkpoint, input shape, classes, checks
     STORAGE/NAME/export/inference.png      latency at batch 1 and throughput at batch N per runtime
 
+Another trial than the winner (--trial ID, e.g. each member of a Pareto front) is exported to
+STORAGE/NAME/export/<ID>/ with the same files, so exporting several never overwrites one another.
+
 Every export takes float images in [0, 1] of shape (N, 3, S, S), S the model's `input_size` (the size its net was
 trained on), and normalises them itself. Runtimes: eager PyTorch, TorchScript trace, TorchScript script,
 torch.compile (with --compile: compiling takes a while on CPU), onnxruntime; on CPU, and on CUDA when present.
@@ -68,6 +71,22 @@ def winner_checkpoint(sweep: Sweep, trial_id: str | None = None) -> tuple[str, s
     if not checkpoint or not (Path(checkpoint) / CHECKPOINT_FILE).is_file():
         raise UserError(f"trial {wanted} has no checkpoint on disk ({checkpoint or 'none recorded'})")
     return str(wanted), str(checkpoint)
+
+
+def export_dir(sweep: Sweep, trial_id: str) -> Path:
+    """Where a trial's export goes: export/ for the winner, export/<trial_id>/ for any other trial."""
+    out = sweep.path / EXPORT_DIR
+    return out if trial_id == sweep.record.winner else out / trial_id
+
+
+def torchscript_line(torchscript: dict[str, Any], out: Path) -> str:
+    """One line on the TorchScript export: the file written, or why neither scripting nor tracing worked."""
+    if torchscript["file"]:
+        script = torchscript["script_unavailable"]
+        return f"TorchScript ({torchscript['kind']}): {out / torchscript['file']}" + \
+            (f"; script unavailable: {script}" if script else "")
+    return (f"TorchScript: not exported (scripting failed: {torchscript['script_unavailable'] or 'unknown'}; "
+            f"tracing failed: {torchscript['trace_unavailable'] or 'unknown'})")
 
 
 def check_images(sweep: Sweep, size: int, count: int = CHECK_IMAGES):
@@ -297,7 +316,7 @@ def run_export(sweep: Sweep, *, batch: int = 64, with_compile: bool = False, ite
     trial, checkpoint = winner_checkpoint(sweep, trial_id)
     model, cfg = load_checkpoint_model(checkpoint, "cpu")
     size = int(getattr(model, "input_size", None) or cfg.image_size or 32)
-    out = sweep.path / EXPORT_DIR
+    out = export_dir(sweep, trial)
     out.mkdir(parents=True, exist_ok=True)
     check, source = check_images(sweep, size)
     example = check[:1]
@@ -306,7 +325,7 @@ def run_export(sweep: Sweep, *, batch: int = 64, with_compile: bool = False, ite
     onnx_error = export_onnx(model, check, onnx_file)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows: list[Measurement] = []
-    scripted_reason = ""
+    scripted_reason = traced_reason = ""
     saved_kind = None
     for device in devices:
         on_device = model.to(device).eval()
@@ -314,6 +333,7 @@ def run_export(sweep: Sweep, *, batch: int = 64, with_compile: bool = False, ite
                                                  None if onnx_error else onnx_file)
         if device == "cpu":
             scripted_reason = reasons.get("torchscript_script", "")
+            traced_reason = reasons.get("torchscript_trace", "")
             kind = "script" if "script" in made else "trace" if "trace" in made else None
             if kind:  # scripted keeps the model's own resize branch, so it takes any image size
                 made[kind].save(str(out / "model.pt"))
@@ -338,7 +358,8 @@ def run_export(sweep: Sweep, *, batch: int = 64, with_compile: bool = False, ite
                   "note": "the model normalises itself; resize images to the input size first"},
         "classes": list(model.classes),
         "torchscript": {"file": "model.pt" if saved_kind else None, "kind": saved_kind,
-                        "script_unavailable": scripted_reason or None},
+                        "script_unavailable": scripted_reason or None,
+                        "trace_unavailable": None if saved_kind else traced_reason or None},
         "onnx": {"file": None if onnx_error else "model.onnx", "error": onnx_error,
                  "exporter": "torch.onnx.export(dynamo=True)", "dynamic_batch": True},
         "checks": {**checks, "images": source},
@@ -352,16 +373,20 @@ def run_export(sweep: Sweep, *, batch: int = 64, with_compile: bool = False, ite
     summary["files"] = [p for p in (out / "model.pt", out / "model.onnx", out / "inference.parquet",
                                     out / "export.json", figure) if p is not None and Path(p).is_file()]
     summary["rows"] = rows
+    summary["dir"] = out
     return summary
 
 
 def log_metrics(sweep: Sweep, summary: dict[str, Any], tracking_uri: str | None) -> None:
     """The ONNX check and the headline figures as metrics of the parent run (after attach() reached it)."""
     client = quick_mlflow(tracking_uri or tracking_uri_of(sweep))
-    metrics = {f"export_{k}": v for k, v in summary["checks"].items() if isinstance(v, float) and math.isfinite(v)}
+    # another trial's figures go under its own names, so they never overwrite the winner's
+    prefix = "" if summary["trial_id"] == sweep.record.winner else f"{summary['trial_id']}."
+    metrics = {f"{prefix}export_{k}": v for k, v in summary["checks"].items()
+               if isinstance(v, float) and math.isfinite(v)}
     for r in summary["rows"]:
         if r.status == "ok":
-            key = f"infer_{r.device}_{r.runtime}_b{r.batch}"
+            key = f"{prefix}infer_{r.device}_{r.runtime}_b{r.batch}"
             metrics[f"{key}_ms" if r.batch == 1 else f"{key}_images_per_s"] = \
                 r.latency_ms if r.batch == 1 else r.images_per_s
     from mlflow.entities import Metric
@@ -379,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=50, help="timed calls at batch 1 (a fifth of it at --batch)")
     p.add_argument("--budget", type=float, default=3.0, help="at most about this many seconds per measurement")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's own choice)")
-    p.add_argument("--trial", help="export this trial instead of the winner")
+    p.add_argument("--trial", help="export this trial instead of the winner (into export/TRIAL/)")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: the one recorded in sweep.json)")
     p.add_argument("--no-mlflow", action="store_true", help="attach nothing to MLflow")
     return p
@@ -401,13 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_export(sweep, batch=args.batch, with_compile=args.compile, iterations=args.iterations,
                          budget_s=args.budget, trial_id=args.trial, console=console)
     print_table(summary["rows"], args.batch, console)
-    out = sweep.path / EXPORT_DIR
+    out = summary["dir"]
     ts, onnx_info, checks = summary["torchscript"], summary["onnx"], summary["checks"]
     print(f"trial {summary['trial_id']} ({summary['model']}), input float32 {tuple(summary['input']['shape'])} "
           f"in [0, 1]; checked on {checks['images']}")
-    if ts["file"]:
-        print(f"TorchScript ({ts['kind']}): {out / ts['file']}" + (f"; script unavailable: {ts['script_unavailable']}"
-                                                                   if ts["script_unavailable"] else ""))
+    print(torchscript_line(ts, out))
     if onnx_info["file"]:
         print(f"ONNX: {out / onnx_info['file']}; onnxruntime vs eager max |diff| "
               f"{checks.get('onnx_max_abs_diff', math.nan):.2e}, same top-1 {checks.get('onnx_same_top1', 0):.0%}")
@@ -415,14 +438,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ONNX export failed: {onnx_info['error']}")
     print(f"figures: {out / 'inference.parquet'}, {out / 'export.json'}")
     if not args.no_mlflow:
-        warning = attach(sweep, summary["files"], EXPORT_DIR, args.mlflow_uri)
+        artifacts = out.relative_to(sweep.path).as_posix()  # export/, or export/<trial> for another trial
+        warning = attach(sweep, summary["files"], artifacts, args.mlflow_uri)
         if warning is None:
             try:
                 log_metrics(sweep, summary, args.mlflow_uri)
             except Exception as exc:  # noqa: BLE001
                 warning = f"could not log metrics to MLflow ({type(exc).__name__})"
         print(f"warning: {warning}; the exports are in {out}" if warning else
-              f"attached to MLflow run {sweep.record.parent_run_id} under {EXPORT_DIR}/")
+              f"attached to MLflow run {sweep.record.parent_run_id} under {artifacts}/")
     return cli.EXIT_OK
 
 
