@@ -393,3 +393,52 @@ def test_find_space_files(tmp_path):
 def test_is_space_path(value, expected):
     assert is_space_path(value) is expected
     assert SPACE_FILE_SUFFIXES == (".yaml", ".yml", ".toml", ".py")
+
+
+def test_a_dataset_is_named_in_any_case_as_with_dataset(tmp_path):
+    """`dataset: MNIST` as `--dataset MNIST` takes it (torchvision's spelling), in the data set's adjustments too."""
+    text = YAML.replace("dataset: digits", "dataset: MNIST") + "dataset_overrides: {FashionMNIST: {width: 0.5}}\n"
+    space = load_space_file(write(tmp_path, "upper.yaml", text))
+    assert space.dataset == "mnist" and space.dataset_overrides == {"fashionmnist": {"width": 0.5}}
+    wrong = write(tmp_path, "wrong.yaml", YAML.replace("dataset: digits", "dataset: MNISTT"))
+    assert error_of(wrong).startswith(f"{wrong}:3: dataset: got 'mnistt' (did you mean 'mnist'?); allowed: digits")
+
+
+MODELS_LINE = ("unknown model '{model}'; choose one of: cnn_basic, deit_tiny, efficientnet_b0, mobilenetv3, resnet18, "
+               "resnet18_imagenet, resnet34, resnet34_imagenet, resnet50, resnet50_imagenet, swin_t, vgg16_bn, vit_b, "
+               "vit_s, vit_scratch, timm/<name>, module:factory (your own: --set model=package.module:factory)")
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("{model: cnn_basic,", "{model: cnn_basc,",
+     "{f}:4: fixed.model: " + MODELS_LINE.format(model="cnn_basc") + " (did you mean 'cnn_basic'?)"),
+    ("{model: cnn_basic,", "{model: timm/not_a_timm_net,",
+     "{f}:4: fixed.model: timm has no model 'not_a_timm_net'; list them with python -c \"import timm; "
+     "print(timm.list_models('*not_*'))\""),
+    ("{model: cnn_basic,", "{model: 'my-nets:build',",
+     "{f}:4: fixed.model: model 'my-nets:build': write package.module:factory, e.g. mypkg.nets:build"),
+    ("  batch_size: {choice: [32, 64]}", "  model: {choice: [cnn_basic, vgg16bn]}",
+     "{f}:8: params.model.choice[1]: " + MODELS_LINE.format(model="vgg16bn") + " (did you mean 'vgg16_bn'?)"),
+])
+def test_a_wrong_model_is_refused_at_load_naming_file_line_and_key(tmp_path, old, new, expected):
+    """Before any data loads (it used to wait for preflight, and named neither the file nor the line)."""
+    text = YAML.replace(old, new, 1)
+    if "params.model" in expected:
+        text = text.replace("model: cnn_basic, ", "")
+    path = write(tmp_path, "model.yaml", text)
+    assert error_of(path) == expected.replace("{f}", str(path))
+
+
+@pytest.mark.parametrize("model", ["cnn_basic", "timm/resnet18", "timm/resnet18.a1_in1k", "mypkg.nets:build"])
+def test_a_good_model_loads_and_a_user_model_is_not_imported_yet(tmp_path, model):
+    space = load_space_file(write(tmp_path, "ok.yaml", YAML.replace("model: cnn_basic", f"model: '{model}'")))
+    assert space.fixed["model"] == model and "mypkg" not in sys.modules
+
+
+def test_set_model_is_checked_when_parsed():
+    from trainables.config import parse_value
+
+    with pytest.raises(UserError, match=r"^unknown model 'cnn_basc'; choose one of: cnn_basic, .*did you mean "
+                                        r"'cnn_basic'\?\)$"):
+        parse_value("model", "cnn_basc")
+    assert parse_value("model", "mypkg.nets:build") == "mypkg.nets:build"

@@ -50,3 +50,28 @@ def test_user_mistakes(kwargs, needle):
     with pytest.raises(UserError) as info:
         spec(**kwargs)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("val_top1=200", "--stop-at 'val_top1=200': val_top1 is a percentage, so the target must lie in [0, 100], got 200"),
+    ("best_val_top1=-1", "best_val_top1 is a percentage, so the target must lie in [0, 100], got -1"),
+    ("val_top5=100.5", "val_top5 is a percentage, so the target must lie in [0, 100], got 100.5"),
+    ("val_loss=-0.1", "--stop-at 'val_loss=-0.1': val_loss is a loss, so the target must be >= 0, got -0.1"),
+])
+def test_a_stop_at_target_out_of_the_metric_range_is_refused(target, needle):
+    with pytest.raises(UserError) as caught:
+        spec(stop_at=target)
+    assert str(caught.value) == needle or needle in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("target", ["val_top1=100", "val_top1=0", "val_top5=99.5", "train_loss=0", "val_loss=3.2"])
+def test_a_stop_at_target_in_range_is_taken(target):
+    assert spec(stop_at=target).stop_at == target
+
+
+def test_dataset_of_a_second_stage_in_any_case():
+    """--dataset MNIST for a two-stage space: both stages' data set as --dataset takes it."""
+    two_stage = next(name for name, space in SPACES.items() if space.then is not None)
+    s = build_spec(space=two_stage, dataset="MNIST", storage="/tmp/unused-storage", dry_run=True)
+    assert (s.dataset, s.then_dataset) == ("mnist", "mnist")

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from trainables.errors import UserError
 
@@ -28,16 +28,42 @@ SHAPE = (ARCHITECTURE, MEMORY)  # every architecture knob changes memory too
 
 
 def _knob(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-          max: float | None = None, tags: tuple[str, ...] = ()) -> Any:
+          max: float | None = None, tags: tuple[str, ...] = (), check: Callable[[Any], None] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max,
-                                            "tags": frozenset(tags)})
+                                            "tags": frozenset(tags), "check": check})
+
+
+def check_model(name: str) -> None:
+    """A model value is checked with the other values (--set, a space file, a trial's config), not at preflight
+    after the data loaded: a registered name, timm/<name> that timm knows, or package.module:factory written as
+    one (imported at preflight, on the driver: a user's module may be slow or have side effects)."""
+    from trainables import models  # brings torch in: only once a model is named, so this module stays light
+
+    if models.is_user_model(name):
+        module, _, factory = name.partition(":")
+        if not (all(part.isidentifier() for part in module.split(".")) and factory.isidentifier()):
+            raise UserError(f"model '{name}': write package.module:factory, e.g. mypkg.nets:build")
+        return
+    if name.startswith("timm/"):
+        import timm
+
+        known = timm.is_model(name.removeprefix("timm/"))
+    else:
+        known = name in models.list_models()
+    if not known:
+        try:  # create_model refuses the name before building anything: its line, in one wording everywhere
+            models.create_model(name, num_classes=2)
+        except UserError as error:
+            names = [m for m in models.list_models() if "/" not in m and ":" not in m]  # not the two patterns
+            close = difflib.get_close_matches(name, names, n=1) if "/" not in name else []
+            raise UserError(f"{error}{f' (did you mean {close[0]!r}?)' if close else ''}") from None
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # model
     model: str = _knob("resnet18", "model name: a registered one (see trainables.models), timm/<name>, or your own "
-                                   "package.module:factory", tags=SHAPE)
+                                   "package.module:factory", tags=SHAPE, check=check_model)
     width: float = _knob(1.0, "channel width multiplier of the built-in CIFAR nets", min=0.05, max=8.0, tags=SHAPE)
     drop_rate: float = _knob(0.0, "dropout before the classifier", min=0.0, max=0.95)
     drop_path: float = _knob(0.0, "stochastic depth (drop-path) rate", min=0.0, max=0.95)
@@ -188,4 +214,6 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
         raise UserError(f"config key '{f.name}' got {value!r}; it must lie in {bounds}")
+    if meta.get("check") is not None:  # what a type and a range cannot say (a model's name)
+        meta["check"](value)
     return value

@@ -116,6 +116,10 @@ def _same_space(spec, given: str, console: Console) -> None:
     sweep started is said, and the recorded space runs."""
     from tuner.space_files import is_space_path, load_space_file, space_digest
 
+    if is_space_path(given) and not Path(given).expanduser().is_file():  # sweep.json holds the whole space
+        console.print(f"[dim]{given} is gone; sweep '{spec.name}' goes on with the space recorded in its sweep.json "
+                      f"('{spec.space}')[/dim]", soft_wrap=True)
+        return
     name = load_space_file(given).name if is_space_path(given) else given
     if name != spec.space:
         raise UserError(f"sweep '{spec.name}' was made with space '{spec.space}', not '{name}'")
@@ -133,7 +137,7 @@ def _with_this_run(record, args: argparse.Namespace):
     from tuner.spec import parse_duration, parse_target
 
     spec = record.spec
-    if args.mlflow_uri and record.tracking_uri and args.mlflow_uri != record.tracking_uri:
+    if args.mlflow_uri and record.tracking_uri and not same_store(args.mlflow_uri, record.tracking_uri):
         raise UserError(f"sweep '{spec.name}' is tracked in MLflow at {record.tracking_uri}, not {args.mlflow_uri}; "
                         f"to continue it there, first replay it: python -m tuner.sync {spec.sweep_dir} "
                         f"--mlflow-uri {args.mlflow_uri}")
@@ -148,6 +152,14 @@ def _with_this_run(record, args: argparse.Namespace):
         parse_target(args.stop_at)
         spec = dataclasses.replace(spec, stop_at=args.stop_at)
     return spec
+
+
+def same_store(given: str, recorded: str) -> bool:
+    """--mlflow-uri names the recorded store however it is spelled: sqlite:///mlflow.db for the absolute path the
+    record holds (a SLURM requeue passes the relative one again), a server with or without a trailing slash."""
+    from tuner.sync import store_key  # MLflow and torch come with it: only when a sweep is continued
+
+    return store_key(given) == store_key(recorded)
 
 
 def _stages_pending(folder: SweepFolder) -> bool:

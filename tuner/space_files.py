@@ -21,13 +21,14 @@ from typing import Any, Iterator, Mapping, NoReturn
 
 import yaml
 from ray import tune
-from ray.tune.search.sample import Categorical, Domain, Float, Function, Grid, Integer, LogUniform, Quantized, Uniform
+from ray.tune.search.sample import Domain
 
 from search_spaces.base import Asha, SearchSpace
 from trainables.config import PROVENANCE, TrialConfig, coerce, unknown_key_message
 from trainables.data import DATASETS
 from trainables.errors import UserError, error_line
 from tuner.objectives import space_budget
+from tuner.space_values import DISTRIBUTIONS, NUMERIC, KeyPath, dotted, kind_of, plain, reach
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,17 +41,12 @@ REQUIRED = ("name", "description", "dataset", "fixed", "params")
 SEARCHES = ("optuna", "grid", "random")
 MODES = ("max", "min")
 ASHA_FIELDS = tuple(f.name for f in dataclasses.fields(Asha))
-# Ray Tune's bounded distributions and their positional arguments
-NUMERIC = {name: ("lower", "upper", "q") if name[0] == "q" else ("lower", "upper") for name in (
-    "uniform", "quniform", "loguniform", "qloguniform", "randint", "qrandint", "lograndint", "qlograndint")}
-DISTRIBUTIONS = (*NUMERIC, "choice", "grid")
 INTEGER_DISTRIBUTIONS = tuple(name for name in DISTRIBUTIONS if name.endswith("randint")) + ("choice", "grid")
 KEYS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # it names sweep folders and the registered model
 SAMPLES = 3  # configs drawn per data set to check combinations, as tuner.spec does for built-in spaces
 DEFAULT_METRIC = "val_top1"
 EXAMPLE = "{loguniform: [1.0e-4, 1.0e-2]} or {choice: [32, 64]}"
-KeyPath = tuple  # where a value sits in a space: ("params", "lr", "choice", 1)
 
 
 @dataclass(frozen=True)
@@ -66,16 +62,6 @@ class _Where:
     def fail(self, path: KeyPath, message: str, show: KeyPath | None = None) -> NoReturn:
         line, shown = self.line(path), dotted(path if show is None else show)
         raise UserError(f"{self.source}{f':{line}' if line else ''}: {shown + ': ' if shown else ''}{message}")
-
-
-def dotted(path: KeyPath) -> str:
-    """("params", "lr", "choice", 1) -> params.lr.choice[1]"""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else str(p) for i, p in enumerate(path))
-
-
-def _kind(value: Any) -> str:
-    text, kind = repr(value), type(value).__name__
-    return "nothing" if value is None else f"a{'n' * (kind[0] in 'aeiou')} {kind} {text[:57]}{'...' * (len(text) > 57)}"
 
 
 def _hint(word: Any, allowed: tuple[str, ...]) -> str:
@@ -128,7 +114,7 @@ def space_from_dict(data: dict, source: str) -> SearchSpace:
 
 def space_to_dict(space: SearchSpace) -> dict:
     """The space in the file format, JSON-safe: Ray domains as {loguniform: [...]}, grids as {grid: [...]}."""
-    return _plain(space, f"space '{space.name}'", ())
+    return plain(space, f"space '{space.name}'", ())
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -217,17 +203,17 @@ def _load_python(file: Path, source: str) -> SearchSpace:
         sys.modules.pop(module.__name__, None)
     space = module.__dict__.get("SPACE")
     if not isinstance(space, SearchSpace):
-        raise UserError(f"{source}: {'SPACE is ' + _kind(space) if 'SPACE' in module.__dict__ else 'defines no SPACE'}"
-                        f"; a Python space file sets SPACE = SearchSpace(...) (from search_spaces.base import "
-                        f"SearchSpace, Asha)")
+        what = "SPACE is " + kind_of(space) if "SPACE" in module.__dict__ else "defines no SPACE"
+        raise UserError(f"{source}: {what}; a Python space file sets SPACE = SearchSpace(...) (from "
+                        f"search_spaces.base import SearchSpace, Asha)")
     # Through the dict form: checked exactly as a YAML file is, and what runs is what sweep.json records
-    return space_from_dict(_plain(space, source, ()), source)
+    return space_from_dict(plain(space, source, ()), source)
 
 
 def _space(data: Any, where: _Where, path: KeyPath, stage2: bool) -> SearchSpace:
     if not isinstance(data, Mapping):
         where.fail(path, f"{'a second stage' if stage2 else 'the top level'} must be a mapping of fields "
-                         f"({', '.join(REQUIRED)}, ...), got {_kind(data)}")
+                         f"({', '.join(REQUIRED)}, ...), got {kind_of(data)}")
     for key in data:
         if key not in FIELDS:
             where.fail((*path, str(key)), f"unknown field '{key}'{_hint(key, FIELDS)}; fields: {', '.join(FIELDS)}",
@@ -266,7 +252,7 @@ def _settings(data: Mapping, where: _Where, path: KeyPath) -> dict[str, Any]:
                                                                         f"mode: {best}, not {mode}")
     return {"name": name, "description": _text(*get("description")),
             "reproduces": _text(*get("reproduces"), empty=True, one_line=False),
-            "dataset": _one_of(*get("dataset"), DATASETS), "search": _one_of(*get("search"), SEARCHES),
+            "dataset": _one_of(*_lower(*get("dataset")), DATASETS), "search": _one_of(*get("search"), SEARCHES),
             "metric": metric, "mode": mode, "asha": _asha(data.get("asha", {}), where, (*path, "asha")),
             "num_samples": _count(*get("num_samples"), 1),
             "max_epochs": _count(*get("max_epochs"), 1, KEYS["max_epochs"].metadata["max"]),
@@ -276,7 +262,7 @@ def _settings(data: Mapping, where: _Where, path: KeyPath) -> dict[str, Any]:
 
 def _text(value: Any, where: _Where, path: KeyPath, empty: bool = False, one_line: bool = True) -> str:
     if not isinstance(value, str) or (not empty and not value.strip()):
-        where.fail(path, f"needs {'a' if empty else 'a non-empty'} string, got {_kind(value)}")
+        where.fail(path, f"needs {'a' if empty else 'a non-empty'} string, got {kind_of(value)}")
     if one_line and "\n" in value.strip():
         where.fail(path, "must be one line")
     return value.strip()
@@ -286,6 +272,11 @@ def _one_of(value: Any, where: _Where, path: KeyPath, allowed: tuple[str, ...]) 
     if not isinstance(value, str) or value not in allowed:
         where.fail(path, f"got {value!r}{_hint(value, allowed)}; allowed: {', '.join(allowed)}")
     return value
+
+
+def _lower(value: Any, where: _Where, path: KeyPath) -> tuple[Any, _Where, KeyPath]:
+    """A data set's name as --dataset takes it: MNIST, FashionMNIST as torchvision spells them."""
+    return (value.lower() if isinstance(value, str) else value), where, path
 
 
 def _count(value: Any, where: _Where, path: KeyPath, low: int, high: float = math.inf) -> int:
@@ -308,7 +299,7 @@ def _asha(value: Any, where: _Where, path: KeyPath) -> Asha | None:
 def _entries(value: Any, where: _Where, path: KeyPath, example: str, keys: bool = False) -> Iterator[tuple]:
     """(key, value, key path) of a mapping; with `keys`, each key must be a trial-config key."""
     if not isinstance(value, Mapping):
-        where.fail(path, f"needs a mapping, e.g. {example}; got {_kind(value)}")
+        where.fail(path, f"needs a mapping, e.g. {example}; got {kind_of(value)}")
     for key, item in value.items():
         if keys and key not in KEYS:
             where.fail((*path, str(key)), unknown_key_message(str(key)))
@@ -331,7 +322,7 @@ def _configs(data: Mapping, where: _Where, path: KeyPath, search: str) -> dict[s
         params[key] = _domain(key, value, where, at, search)
     for dataset, adjust, at in _entries(data.get("dataset_overrides", {}), where, (*path, "dataset_overrides"),
                                         "{digits: {width: 0.25}}"):
-        _one_of(dataset, where, at, DATASETS)
+        dataset = _one_of(*_lower(dataset, where, at), DATASETS)
         overrides[dataset] = {}
         for key, value, key_at in _entries(adjust, where, at, "{width: 0.25, batch_size: 32}", keys=True):
             if key == "seed":  # it would overrule --seed
@@ -348,7 +339,7 @@ def _value(key: str, value: Any, where: _Where, path: KeyPath, lead: str = "") -
     """One value of a trial-config key, checked by the same code (and with the same message) as --set KEY=VALUE."""
     if isinstance(value, (Mapping, list, tuple)) or (value is None and type(KEYS[key].default) is str):
         where.fail(path, f"{lead}config key '{key}' takes one plain value (a number, a string or true/false), got "
-                         f"{_kind(value)}; a distribution belongs under params")
+                         f"{kind_of(value)}; a distribution belongs under params")
     try:
         coerce(KEYS[key], value)
     except UserError as error:
@@ -359,7 +350,7 @@ def _value(key: str, value: Any, where: _Where, path: KeyPath, lead: str = "") -
 def _domain(key: str, value: Any, where: _Where, path: KeyPath, search: str) -> Any:
     """{name: args} -> the Ray Tune domain of that name, its arguments and reach checked against the key."""
     if not (isinstance(value, Mapping) and len(value) == 1):
-        where.fail(path, f"a searched key takes one distribution, e.g. {EXAMPLE}; got {_kind(value)}; distributions: "
+        where.fail(path, f"a searched key takes one distribution, e.g. {EXAMPLE}; got {kind_of(value)}; distributions: "
                          f"{', '.join(DISTRIBUTIONS)} (to hold '{key}' at one value, put it under fixed)")
     ((name, args),) = value.items()
     at = (*path, str(name))
@@ -377,7 +368,7 @@ def _domain(key: str, value: Any, where: _Where, path: KeyPath, search: str) -> 
     if name not in ("choice", "grid"):
         return _numeric(name, key, args, where, at, path)
     if not isinstance(args, list) or not args:
-        where.fail(at, f"{name} takes a non-empty list of values, e.g. {name}: [32, 64]; got {_kind(args)}",
+        where.fail(at, f"{name} takes a non-empty list of values, e.g. {name}: [32, 64]; got {kind_of(args)}",
                    show=path)
     if name == "grid" and search == "optuna":
         where.fail(at, "grid enumerates its values and Optuna cannot: use search: grid or random, or choice here",
@@ -392,7 +383,7 @@ def _numeric(name: str, key: str, args: Any, where: _Where, at: KeyPath, show: K
     usage = f"{name}: [{', '.join(names)}]"
     arity = (2, 3) if name == "qrandint" else (len(names),)  # Ray's qrandint has q=1 by default
     if not isinstance(args, list) or len(args) not in arity:
-        where.fail(at, f"{name} takes {' or '.join(map(str, arity))} numbers ({usage}), got {_kind(args)}", show=show)
+        where.fail(at, f"{name} takes {' or '.join(map(str, arity))} numbers ({usage}), got {kind_of(args)}", show=show)
     written = list(args)
 
     def fail(problem: str) -> NoReturn:
@@ -411,7 +402,7 @@ def _numeric(name: str, key: str, args: Any, where: _Where, at: KeyPath, show: K
         domain = getattr(tune, name)(*args)
     except ValueError as error:  # Ray's own checks, e.g. quniform's bounds that are not multiples of q
         fail(str(error).rstrip("."))
-    low, high = _reach(domain)
+    low, high = reach(domain)
     if low > high:
         fail(f"no multiple of q={q[0]} lies between lower and upper")
     for bound in (low, high):
@@ -422,20 +413,6 @@ def _numeric(name: str, key: str, args: Any, where: _Where, at: KeyPath, show: K
     return domain
 
 
-def _reach(value: Any) -> tuple[Any, Any]:
-    """A domain's least and greatest sample (Ray's randint excludes upper unless q > 1); a plain value's own."""
-    if isinstance(value, (Categorical, dict)):  # a choice, or tune.grid_search's {"grid_search": [...]}
-        values = value.categories if isinstance(value, Categorical) else value["grid_search"]
-        return min(values), max(values)
-    if not isinstance(value, Domain):
-        return value, value
-    sampler = value.get_sampler()
-    q = sampler.q if isinstance(sampler, Quantized) else 1
-    if isinstance(value, Integer):
-        return (value.lower, value.upper - 1) if q == 1 else (math.ceil(value.lower / q) * q, value.upper // q * q)
-    return value.lower, value.upper
-
-
 def _check_samples(space: SearchSpace, where: _Where, path: KeyPath) -> None:
     """Per data set, configs layered as SweepSpec.param_space does: max_epochs' reach, a few draws checked."""
     layers = {(): {}, **{("dataset_overrides", d): adjust for d, adjust in space.dataset_overrides.items()}}
@@ -443,7 +420,7 @@ def _check_samples(space: SearchSpace, where: _Where, path: KeyPath) -> None:
         origin = {**{k: ("fixed", k) for k in space.fixed}, "max_epochs": ("max_epochs",),
                   **{k: ("params", k) for k in space.params}, **{k: (*layer, k) for k in adjust}}
         config = {**space.fixed, "max_epochs": space.max_epochs, **space.params, **adjust}
-        most = _reach(config["max_epochs"])[1]
+        most = reach(config["max_epochs"])[1]
         if most > space.max_epochs:
             where.fail((*path, *origin["max_epochs"]), f"reaches max_epochs={most}, above the space's budget "
                                                        f"(max_epochs: {space.max_epochs}); raise it or lower this")
@@ -458,42 +435,3 @@ def _check_samples(space: SearchSpace, where: _Where, path: KeyPath) -> None:
                 TrialConfig.from_dict(drawn)
             except UserError as error:
                 where.fail((*path, *layer), f"a sampled config fails: {error}")
-
-
-def _plain(value: Any, label: str, path: KeyPath) -> Any:
-    """A space (or any part of one) in the file format, JSON-safe; what has no such form is an error naming it."""
-    if isinstance(value, SearchSpace):
-        return {f.name: _plain(getattr(value, f.name), label, (*path, f.name)) for f in dataclasses.fields(value)
-                if not (f.name == "then" and value.then is None)}
-    if isinstance(value, Domain):
-        return _domain_to_dict(value, label, path)
-    if isinstance(value, Asha):
-        return dataclasses.asdict(value)
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        value = value.item()
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, label, (*path, i)) for i, v in enumerate(value)]
-    if isinstance(value, Mapping) and set(value) == {"grid_search"}:  # tune.grid_search(...)
-        return {"grid": _plain(list(value["grid_search"]), label, path)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, label, (*path, str(k))) for k, v in value.items()}
-    raise UserError(f"{label}: {dotted(path)}: {_kind(value)} cannot be written to a space file")
-
-
-def _domain_to_dict(domain: Domain, label: str, path: KeyPath) -> dict:
-    sampler = domain.get_sampler()
-    q = sampler.q if isinstance(sampler, Quantized) else None
-    inner = sampler.get_sampler() if q is not None else sampler
-    if isinstance(domain, Categorical):
-        return {"grid" if isinstance(inner, Grid) else "choice": _plain(list(domain.categories), label, path)}
-    if isinstance(domain, (Float, Integer)) and isinstance(inner, (Uniform, LogUniform)):
-        cast, log = int if isinstance(domain, Integer) else float, isinstance(inner, LogUniform)
-        name = ("lograndint" if log else "randint") if cast is int else ("loguniform" if log else "uniform")
-        bounds = [cast(domain.lower), cast(domain.upper)]
-        return {"q" + name: [*bounds, cast(q)]} if q is not None else {name: bounds}
-    what = ("tune.sample_from(...)" if isinstance(domain, Function) else
-            f"a {type(domain).__name__} domain with a {type(inner).__name__.strip('_')} sampler (tune.randn?)")
-    raise UserError(f"{label}: {dotted(path)}: {what} cannot be written to a space file; use one of "
-                    f"{', '.join(DISTRIBUTIONS)}")

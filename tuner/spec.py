@@ -222,7 +222,7 @@ def build_spec(*, space: str, dataset: str | None = None, data_dir: str | None =
         raise UserError(f"unknown space '{space}'; known spaces: {', '.join(sorted(SPACES))} (see --list-spaces), "
                         f"or a space file (.yaml, .yml, .toml, .py)")
     space = chosen.name
-    then_dataset = (dataset or chosen.then.dataset) if chosen.then is not None else None
+    then_dataset = (dataset or chosen.then.dataset).lower() if chosen.then is not None else None
     dataset = (dataset or chosen.dataset).lower()  # MNIST, FashionMNIST: as torchvision spells them
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
@@ -306,11 +306,20 @@ def check_name(name: str) -> str:
                         f". _ + = @ -, starting with a letter or digit, at most 128 characters")
     return name
 TARGET_METRICS = ("val_top1", "val_top5", "best_val_top1", "val_loss", "train_loss")  # what --stop-at may name
+# the values each can take: accuracies are percentages, losses (cross-entropy, BCE) never negative
+TARGET_BOUNDS = {metric: (0.0, float("inf")) if metric.endswith("loss") else (0.0, 100.0) for metric in TARGET_METRICS}
 
 
 def parse_target(text: str) -> Target:
-    """--stop-at METRIC=VALUE as a stopping.Target (losses are minimised, accuracies maximised)."""
-    return stopping_target(text, TARGET_METRICS, lambda m: "min" if m.endswith("loss") else "max")
+    """--stop-at METRIC=VALUE as a stopping.Target (losses are minimised, accuracies maximised); a target the
+    metric can never reach (val_top1=200) would let the sweep run its whole budget: refused."""
+    target = stopping_target(text, TARGET_METRICS, lambda m: "min" if m.endswith("loss") else "max")
+    low, high = TARGET_BOUNDS[target.metric]
+    if not low <= target.value <= high:
+        allowed = f"lie in [{low:g}, {high:g}]" if high < float("inf") else f"be >= {low:g}"
+        raise UserError(f"--stop-at {text!r}: {target.metric} is {'a percentage' if high == 100 else 'a loss'}, "
+                        f"so the target must {allowed}, got {target.value:g}")
+    return target
 
 
 def parse_gpus(value: float | str) -> float | str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from tuner import cli, registry, tracking
 from tuner.final import FamilyResult
@@ -20,6 +22,7 @@ def sync(sweep_dir: Path, mlflow_uri: str | None = None, *, own_parent: bool = F
     sweep = folder.load(need_trials=False)
     client = tracking.connect(mlflow_uri or sweep.record.tracking_uri)
     parent_run_id, experiment_id = _parent_run(sweep, client, own_parent)
+    _record_where(sweep, parent_run_id)
     statuses = {r["trial_id"]: r for r in sweep.trials + sweep.reseeds}  # when written: the sweep's trials
     added = {"runs": 0, "epochs": 0, "closed": 0}
     # the first round's trials, then those of each --add-trials round (more-N/) and of --reseed (reseed*/)
@@ -46,7 +49,7 @@ def sync(sweep_dir: Path, mlflow_uri: str | None = None, *, own_parent: bool = F
 
 
 def _parent_run(sweep: Sweep, client, own_parent: bool) -> tuple[str, str]:
-    """The sweep's parent run on this server; created (and recorded) when the server does not have it."""
+    """The sweep's parent run on this server; created when the server does not have it (_record_where records it)."""
     record, spec = sweep.record, sweep.spec
     try:
         if own_parent:
@@ -58,9 +61,36 @@ def _parent_run(sweep: Sweep, client, own_parent: bool) -> tuple[str, str]:
             tags={"space": spec.space, "dataset": spec.dataset, "sweep_dir": str(sweep.path.resolve()),
                   "synced": "true", "sweep.state": record.state.value},
             params={"num_samples": spec.num_samples, "max_epochs": spec.max_epochs})
-        sweep.folder.write_record(dataclasses.replace(record, parent_run_id=parent_run_id,
-                                                      tracking_uri=tracking.current_uri()))
         return parent_run_id, client.get_run(parent_run_id).info.experiment_id
+
+
+def _record_where(sweep: Sweep, parent_run_id: str) -> None:
+    """sweep.json names the store the sweep is now synced to, whenever its parent run or that store (as a store,
+    not as spelled) differs from the recorded one: the same server under another URL, a moved mlflow.db. Else
+    --resume there would be refused as tracked elsewhere."""
+    record, uri = sweep.record, tracking.current_uri()
+    moved = record.tracking_uri is None or store_key(uri) != store_key(record.tracking_uri)
+    if moved or parent_run_id != record.parent_run_id:
+        sweep.folder.write_record(dataclasses.replace(record, parent_run_id=parent_run_id,
+                                                      tracking_uri=uri if moved else record.tracking_uri))
+
+
+def store_key(uri: str) -> str:
+    """One spelling per tracking store, to tell whether two URIs name the same one: SQLite and file-store paths
+    absolute and resolved (sqlite:///mlflow.db is relative to the current folder, as MLflow reads it), http(s)
+    with scheme and host in lower case, without a default port or a trailing slash."""
+    uri = uri.strip()
+    if match := re.match(r"sqlite:///(.+)$", uri):
+        return f"sqlite:///{Path(match.group(1)).expanduser().resolve()}"
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        host = (parts.hostname or "").lower()
+        port = parts.port if parts.port not in (None, {"http": 80, "https": 443}[parts.scheme]) else None
+        netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{port}" if port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+    if parts.scheme in ("", "file") and parts.path:  # a file store: ./mlruns, file:///x/mlruns
+        return f"file://{Path(uri if parts.scheme == '' else parts.path).expanduser().resolve()}"
+    return uri.rstrip("/")
 
 
 def _sync_outcome(sweep: Sweep, client, parent_run_id: str) -> int:
