@@ -220,3 +220,90 @@ def test_two_drivers_creating_one_sqlite_store_at_once_both_go_on(tmp_path):
         outs = [p.communicate(timeout=120)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         assert all(out.strip().endswith("connected") and "Traceback" not in out for out in outs), outs
+
+
+# --- MLflow first, and no parent run left RUNNING ---------------------------------------------------------------
+
+def small_spec(tmp_path, uri=None, name="early"):
+    from tuner.spec import build_spec
+
+    return build_spec(space="resnet_rsb", dataset="digits", sets=["model=cnn_basic", "width=0.25"],
+                      storage=str(tmp_path / "sweeps"), name=name,
+                      mlflow_uri=uri or f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_mlflow_is_reached_before_the_data_is_prepared(tmp_path, monkeypatch):
+    """A bad store is said before a data set is downloaded or decoded (the real steps, watched in order)."""
+    from trainables.errors import UserError
+    from tuner import sweep, tracking
+
+    store = tmp_path / "store.db"
+    store.write_bytes(os.urandom(4096))
+    steps = []
+    real_data, real_connect = sweep.prepare_data, tracking.connect
+    monkeypatch.setattr(sweep, "prepare_data", lambda spec: steps.append("data") or real_data(spec))
+    monkeypatch.setattr(tracking, "connect", lambda uri: steps.append("mlflow") or real_connect(uri))
+    with pytest.raises(UserError, match="is not an SQLite database"):
+        sweep.run_sweep(small_spec(tmp_path, f"sqlite:///{store}"))
+    assert steps == ["mlflow"]
+
+
+def open_and_fail(tmp_path, monkeypatch, exc: BaseException, where: str):
+    """open_tracking of a new sweep against a real SQLite MLflow, `exc` raised at `where`: (record, parent run)."""
+    from tuner import sweep, tracking
+
+    spec = small_spec(tmp_path)
+    client = tracking.connect(spec.mlflow_uri)
+    plan = sweep.check(spec, resume=False, add_trials=0)
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    if where == "tracker":  # after the parent run's id is in the record
+        monkeypatch.setattr(tracking, "MlflowTrials", fail)
+    else:  # inside the parent run's making: created, its id not yet known
+        monkeypatch.setattr(client, "log_batch", fail)
+    with pytest.raises(type(exc)):
+        sweep.open_tracking(plan, client, {})
+    saved = record(plan.folder.path)
+    return saved, client_of(tmp_path).get_run(saved["parent_run_id"])
+
+
+@pytest.mark.parametrize("where", ["tracker", "parent"])
+def test_an_error_while_opening_tracking_fails_the_parent_run(tmp_path, monkeypatch, where):
+    saved, parent = open_and_fail(tmp_path, monkeypatch, RuntimeError("boom"), where)
+    assert saved["state"] == "interrupted" and saved["stopped_by"] == "RuntimeError: boom"
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.state"] == "interrupted"
+
+
+@pytest.mark.parametrize("where", ["tracker", "parent"])
+def test_a_stop_while_opening_tracking_kills_the_parent_run(tmp_path, monkeypatch, where):
+    from tuner.cli import Interrupted
+
+    saved, parent = open_and_fail(tmp_path, monkeypatch, Interrupted(signal.SIGTERM), where)
+    assert saved["state"] == "interrupted" and saved["stopped_by"] == "SIGTERM"
+    assert parent.info.status == "KILLED" and parent.data.tags["end_reason"] == "SIGTERM"
+
+
+def test_a_stop_before_a_grown_sweep_reopens_leaves_it_complete(tmp_path, monkeypatch):
+    """--add-trials stopped before its round is recorded: the finished sweep and its parent run stay as they were."""
+    from tuner import sweep, tracking
+    from tuner.cli import Interrupted
+    from tuner.folder import SweepFolder, SweepRecord, SweepState
+
+    spec = small_spec(tmp_path)
+    client = tracking.connect(spec.mlflow_uri)
+    parent = tracking.start_parent_run(client, "resnet_rsb", "early", {}, {})
+    tracking.end_parent_run(spec.mlflow_uri, parent, "FINISHED", state="complete")
+    folder = SweepFolder(spec.sweep_dir)
+    folder.write_record(SweepRecord(spec, parent_run_id=parent, state=SweepState.COMPLETE))
+    plan = sweep.check(spec, resume=False, add_trials=2)
+
+    def stop(*args):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(client, "get_run", stop)  # the first thing a grown sweep asks MLflow
+    with pytest.raises(Interrupted):
+        sweep.open_tracking(plan, client, {})
+    assert record(folder.path)["state"] == "complete" and record(folder.path)["stopped_by"] is None
+    assert client_of(tmp_path).get_run(parent).info.status == "FINISHED"

@@ -125,6 +125,49 @@ def test_targets_know_their_direction():
     assert not parse_target("val_top1=95").reached(float("nan"))
 
 
+def test_the_stopper_saves_the_elapsed_time_now_and_then():
+    saved = []
+    stopper = stopping.SweepStopper(None, None, save=saved.append, save_every_s=0.2)
+    assert stopper.stop_all() is False and saved == []  # not yet
+    time.sleep(0.25)
+    stopper.stop_all()
+    stopper.stop_all()  # once per interval, however often Tune asks
+    assert len(saved) == 1 and 0.2 <= saved[0] <= stopper.elapsed_s()
+
+
+def test_a_failed_save_of_the_elapsed_time_is_a_warning(caplog):
+    def full(seconds):
+        raise OSError(28, "No space left on device")
+
+    stopper = stopping.SweepStopper(None, None, save=full, save_every_s=0.0)
+    assert stopper.stop_all() is False
+    assert "could not save the sweep's elapsed time (No space left on device)" in caplog.text
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_a_killed_runs_time_counts_against_the_budget_up_to_the_last_save(tmp_path, grown):
+    """The driver saves as it goes and is then killed (never reaching the end-of-run save): sweep.json has the
+    time run so far, over what earlier runs had spent; the driver's own record gets it once, at the end."""
+    from tuner.folder import SweepFolder, SweepRecord
+    from tuner.sweep import Plan, elapsed_saver
+
+    spec = build_spec(space="resnet_rsb", dataset="digits", storage=str(tmp_path / "sweeps"), name="budget",
+                      time_budget="10m")
+    folder = SweepFolder(spec.sweep_dir)
+    rounds = [{"dir": "more-1", "num_samples": 2, "elapsed_s": 30.0}] if grown else []
+    live = SweepRecord(spec, elapsed_s=100.0, rounds=rounds)
+    folder.write_record(live)
+    plan = Plan(spec, folder, live, round_index=1 if grown else 0, add_trials=2 if grown else 0)
+    stopper = stopping.SweepStopper(spec.time_budget_s, None, save=elapsed_saver(plan, live), save_every_s=0.0)
+    time.sleep(0.05)
+    stopper.stop_all()  # ... then kill -9
+    on_disk = folder.read_record()
+    spent = on_disk.rounds[0]["elapsed_s"] - 30.0 if grown else on_disk.elapsed_s - 100.0
+    assert 0.05 <= spent <= stopper.elapsed_s()
+    assert (on_disk.elapsed_s == 100.0) if grown else (on_disk.rounds == [])
+    assert live.elapsed_s == 100.0 and live.rounds == rounds and (not grown or rounds[0]["elapsed_s"] == 30.0)
+
+
 # --- real signals -----------------------------------------------------------------------------------------------
 
 @pytest.mark.integration

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import functools
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,9 @@ FINAL_SCHEMA = pa.schema([
 
 
 _HELD: dict[str, Any] = {}  # sweep folders this process has locked -> their open lock files
+# flock's answers on a file system that has no flock (Lustre noflock, some FUSE/NFS): not "held by another"
+NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+_WARNED_UNLOCKED: set[str] = set()  # file systems said to be unlockable already (one line per process)
 
 
 def confusion_file(family: str) -> str:
@@ -141,10 +146,9 @@ class SweepFolder:
     def lock(self) -> None:
         """Own this sweep folder for as long as this process lives: a second driver on it (the same --name twice,
         a double-submitted job, two --resume) is one UserError naming the first. The operating system drops the
-        lock with its holder, so the lock of a killed driver is taken over at once."""
+        lock with its holder, so the lock of a killed driver is taken over at once. On a file system without
+        flock (Lustre noflock, some FUSE/NFS mounts) the sweep goes on unlocked, after one dim line saying so."""
         import fcntl
-        import socket
-        import time as clock
 
         key = str(self.path.resolve())
         if key in _HELD:
@@ -152,23 +156,61 @@ class SweepFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.file(LOCK_FILE), "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            try:
-                holder = json.loads(handle.read() or "{}")
-            except ValueError:
-                holder = {}
+            _flock_soon(handle, fcntl.LOCK_EX)
+        except BlockingIOError:  # EWOULDBLOCK/EAGAIN: held, by another driver
             handle.close()
-            raise UserError(f"sweep '{self.path.name}' is being run by another driver (pid {holder.get('pid', '?')} "
-                            f"on {holder.get('host', '?')} since {holder.get('since', '?')}); wait for it to end, or "
-                            f"stop it (Ctrl-C, or kill -INT {holder.get('pid', 'PID')}) and --resume") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                 "since": clock.strftime("%Y-%m-%d %H:%M:%S")}))
-        handle.flush()
+            raise self._refusal() from None
+        except OSError as exc:
+            if exc.errno not in NO_FLOCK:
+                handle.close()
+                raise UserError(f"cannot lock sweep folder {self.path} ({exc.strerror or exc})") from None
+            _warn_unlocked(self.path)
+        _write_holder(handle)
         _HELD[key] = handle  # kept open: closing it would drop the lock
+
+    def unlock(self) -> None:
+        """Let go of this folder's lock (taken by `lock`), e.g. before handing the folder to another process."""
+        handle = _HELD.pop(str(self.path.resolve()), None)
+        if handle is not None:
+            handle.close()  # closing the only descriptor drops the flock
+
+    def check_unlocked(self) -> None:
+        """A UserError naming the driver at work on this folder, if one is (this process counts as none). Probes
+        the lock without waiting and lets go of it at once; writes nothing, so it can run before any check."""
+        import fcntl
+
+        if str(self.path.resolve()) in _HELD:
+            return
+        try:
+            handle = open(self.file(LOCK_FILE), "r")
+        except OSError:  # no lock file (no driver ever ran here) or unreadable: lock() itself decides later
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: a read-only file may take it (NFS)
+            except BlockingIOError:
+                raise self._refusal() from None
+            except OSError:  # no flock on this file system: nothing to learn (lock() warns)
+                return
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def holder(self) -> dict[str, Any]:
+        """Who took this folder's lock last (host, pid, since), as its driver wrote it; {} when unknown."""
+        try:
+            holder = json.loads(self.file(LOCK_FILE).read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _refusal(self) -> UserError:
+        holder = self.holder()
+        if not holder:  # the holder had just taken the lock and not yet said who it is
+            time.sleep(0.2)
+            holder = self.holder()
+        pid = holder.get("pid")
+        return UserError(f"sweep '{self.path.name}' is being run by another driver (pid {pid or '?'} on "
+                         f"{holder.get('host', '?')} since {holder.get('since', '?')}); wait for it to end, or stop "
+                         f"it (Ctrl-C, or kill -INT {pid or 'PID'}) and --resume")
 
     # --- sweep.json ---------------------------------------------------------------------------------------------
 
@@ -238,7 +280,7 @@ class SweepFolder:
 
     def _write_table(self, table: pa.Table, name: str) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
-        return _write_aside(self.file(name), lambda tmp: pq.write_table(table, tmp))
+        return write_table(self.file(name), table)
 
     def _read_table(self, name: str) -> pa.Table:
         path = self.file(name)
@@ -363,9 +405,63 @@ def trials_schema() -> pa.Schema:
                      + [pa.field(k, config_types[type(getattr(default, k))]) for k in TrialConfig.keys()])
 
 
+def write_table(path: str | os.PathLike, table: pa.Table) -> Path:
+    """`table` as the Parquet file `path`, written aside and renamed: a reader sees the old table or the new one."""
+    return _write_aside(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
 def _write_aside(path: Path, write) -> Path:
-    """write(tmp) then rename onto `path`: readers see the old file or the new one, never half of one."""
+    """write(tmp) then rename onto `path`: readers see the old file or the new one, never half of one. A failed
+    write leaves `path` as it was (and no temporary file behind)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _flock_soon(handle, kind: int, within_s: float = 1.0) -> None:
+    """flock without blocking, tried again for `within_s`: another command's probe (check_unlocked) holds the lock
+    for an instant only, a driver holds it for its lifetime. BlockingIOError when it stays held."""
+    import fcntl
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            fcntl.flock(handle, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _write_holder(handle) -> None:
+    """Who holds the lock now, for the line a refused driver prints."""
+    import socket
+
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    handle.flush()
+
+
+def _warn_unlocked(path: Path) -> None:
+    """Once per file system (per process): this folder cannot be locked, so two drivers are not kept apart."""
+    try:
+        device = str(os.stat(path).st_dev)
+    except OSError:
+        device = str(path)
+    if device in _WARNED_UNLOCKED:
+        return
+    _WARNED_UNLOCKED.add(device)
+    from rich.markup import escape
+
+    from tuner.cli import console
+
+    console().print(f"[dim]the sweep folder {escape(str(path))} cannot be locked on this file system (no flock); nothing stops "
+                    f"a second driver on the same sweep: run one at a time[/dim]", soft_wrap=True, markup=True)

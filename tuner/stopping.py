@@ -15,11 +15,12 @@ Signals are process-wide, so the signal state lives here, in one place, for the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ray import tune
 
@@ -28,6 +29,9 @@ from tuner.callbacks import DriverCallback
 from tuner.cli import Interrupted, resume_command
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SAVE_EVERY_S = 30.0  # how often the experiment's elapsed time is saved: what a kill -9 can lose of the budget
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -172,15 +176,21 @@ class SweepStopper(tune.Stopper):
     """Ends the experiment when the sweep's time budget is spent or a trial reaches the target.
 
     Pickled into the experiment's state like callbacks are: it pickles as a reference to the live one, which
-    knows the budget left for this driver run (the budget spent before a --resume is subtracted by the sweep)."""
+    knows the budget left for this driver run (the budget spent before a --resume is subtracted by the sweep).
+    Every `save_every_s` it hands `save` the seconds run so far (the sweep writes them to sweep.json), so a driver
+    killed without a word (kill -9, a crash) has its time counted against the budget up to the last save."""
 
     role = "stopper"
 
-    def __init__(self, budget_s: float | None, target: Target | None) -> None:
+    def __init__(self, budget_s: float | None, target: Target | None,
+                 save: Callable[[float], None] | None = None, save_every_s: float = SAVE_EVERY_S) -> None:
         self.budget_s = budget_s
         self.target = target
         self.started = time.monotonic()
         self.reason: str | None = None  # why the sweep ended early, once it has
+        self.save = save
+        self.save_every_s = save_every_s
+        self._saved_at = self.started
 
     def __reduce__(self):
         return (_bound_stopper, ())
@@ -191,12 +201,25 @@ class SweepStopper(tune.Stopper):
         return False  # each trial is stopped by stop_all, together
 
     def stop_all(self) -> bool:
+        self.save_now_and_then()  # Tune asks this at every step of its loop
         if self.reason is None and self.budget_s is not None and self.elapsed_s() >= self.budget_s:
             self.reason = f"time budget of {format_duration(self.budget_s)} spent"
         return self.reason is not None
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started
+
+    def save_now_and_then(self) -> None:
+        """`save(elapsed)` once `save_every_s` have passed since the last save; a failed write (a full disk) is a
+        warning: the sweep goes on, and the end of this run saves its time again."""
+        now = time.monotonic()
+        if self.save is None or now - self._saved_at < self.save_every_s:
+            return
+        self._saved_at = now
+        try:
+            self.save(now - self.started)
+        except OSError as exc:
+            log.warning("could not save the sweep's elapsed time (%s)", exc.strerror or exc)
 
 
 _LIVE_STOPPER: list[SweepStopper] = []

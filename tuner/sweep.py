@@ -1,6 +1,6 @@
 """One sweep as a short list of named phases, each passing a value on to the next:
 
-    check → prepare data → reach MLflow → (Ray cluster) size trials → open tracking → run the experiment
+    check → reach MLflow → prepare data → (Ray cluster) size trials → open tracking → run the experiment
     → save tables → reseed → test once → publish → mark complete
 
 `run_sweep` starts a sweep, resumes it (`resume`: its experiment is restored from Ray's state where there is
@@ -77,8 +77,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
     console = console or Console(highlight=False)
     plan = check(spec, resume=resume, add_trials=add_trials)
     cli.note_resume_command(resume_command(plan.spec))
+    client = tracking.connect(plan.spec.mlflow_uri)  # before the data and Ray: an unreachable MLflow fails fast
     splits = prepare_data(plan.spec)
-    client = tracking.connect(plan.spec.mlflow_uri)  # before Ray starts: an unreachable MLflow fails fast
     with cluster.connect(plan.spec.address, experiment.runtime_env(plan.spec)) as ray_cluster:
         stopping.take_signals()  # ray.init put its own SIGTERM handler in place
         if ray_cluster.reaped:
@@ -108,9 +108,12 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
 def _search_and_test(plan: Plan, track: Tracking, splits: ImageSplits, console: Console) -> Sweep:
     trainable = experiment.make_trainable(plan.spec, splits, plan.costs)
     earlier = plan.folder.read_trials() if plan.round_index else []
-    stopper = stopping.SweepStopper(_budget_left(plan, track.record), _target(plan.spec))
-    grid, watch = run_experiment(plan, track, trainable, earlier, stopper, console)
-    _add_elapsed(plan, track.record, stopper.elapsed_s())
+    stopper = stopping.SweepStopper(_budget_left(plan, track.record), _target(plan.spec),
+                                    save=elapsed_saver(plan, track.record))
+    try:
+        grid, watch = run_experiment(plan, track, trainable, earlier, stopper, console)
+    finally:  # an error inside fit too: record_stop then writes this run's time with the stop
+        _add_elapsed(plan, track.record, stopper.elapsed_s())
     signum = stopping.received()
     statuses = watch.at_end if signum is not None else watch.at_begin  # see stopping.TuneSignals
     rows, cut_short = save_tables(plan.folder, grid, earlier, statuses, plan.spec.max_epochs, interrupted=signum,
@@ -149,6 +152,7 @@ def print_where_to_watch(ray_cluster: cluster.Cluster, track: Tracking, console:
 def check(spec: SweepSpec, *, resume: bool, add_trials: int) -> Plan:
     """Every check that needs no data and no cluster; raises UserError before anything is written."""
     folder = SweepFolder(spec.sweep_dir)
+    folder.check_unlocked()  # a driver at work on it is named now: before "already exists", the data and Ray
     if not (resume or add_trials):
         check_storage_writable(spec)
         if folder.has_record():
@@ -222,21 +226,47 @@ def open_tracking(plan: Plan, client, extra_tags: dict[str, str]) -> Tracking:
     if record is None:
         record = SweepRecord(spec, tracking_uri=uri, tags=dict(extra_tags))
         plan.folder.write_record(record)
-    if record.parent_run_id is None:
-        record = dataclasses.replace(record, parent_run_id=tracking.find_parent_run(client, spec.space, record.uid)
-                                     or _start_parent_run(spec, client, record))
-    else:
-        record = _parent_for_this_folder(plan, client, record)
-    record = dataclasses.replace(record, spec=spec, state=SweepState.RUNNING, stopped_by=None)
-    if plan.add_trials:
-        record.rounds.append({"dir": ROUND_DIR.format(plan.round_index), "num_samples": plan.add_trials})
-    plan.folder.write_record(record)
-    experiment_id = client.get_run(record.parent_run_id).info.experiment_id
-    tracker = tracking.MlflowTrials(uri, experiment_id, record.parent_run_id, spec.max_epochs,
-                                    tags={"sweep.searched": ",".join(spec.searched_keys())})
-    if plan.record is not None:
-        tracker.reopen_parent(len(record.rounds))
-    return Tracking(client, uri, record, experiment_id, tracker)
+    try:
+        if record.parent_run_id is None:
+            record = dataclasses.replace(record, parent_run_id=tracking.find_parent_run(client, spec.space,
+                                                                                        record.uid)
+                                         or _start_parent_run(spec, client, record))
+        else:
+            record = _parent_for_this_folder(plan, client, record)
+        record = dataclasses.replace(record, spec=spec, state=SweepState.RUNNING, stopped_by=None)
+        if plan.add_trials:
+            record.rounds.append({"dir": ROUND_DIR.format(plan.round_index), "num_samples": plan.add_trials})
+        plan.folder.write_record(record)
+        experiment_id = client.get_run(record.parent_run_id).info.experiment_id
+        tracker = tracking.MlflowTrials(uri, experiment_id, record.parent_run_id, spec.max_epochs,
+                                        tags={"sweep.searched": ",".join(spec.searched_keys())})
+        if plan.record is not None:
+            tracker.reopen_parent(len(record.rounds))
+        return Tracking(client, uri, record, experiment_id, tracker)
+    except BaseException as exc:  # a stop or an error midway: no parent run left RUNNING, the record says so
+        with stopping.shielded():
+            _abandon_opening(plan, client, record, uri, exc)
+        raise
+
+
+def _abandon_opening(plan: Plan, client, record: SweepRecord, uri: str, exc: BaseException) -> None:
+    """open_tracking stopped midway. Where sweep.json says running (this run wrote it, or a killed driver left
+    it), it now says interrupted, and the parent run, if one was made (found by the record's uid when the stop
+    came before its id was kept), is closed. Otherwise nothing was changed yet and nothing is."""
+    try:
+        on_disk = plan.folder.read_record()
+    except UserError:
+        return
+    if on_disk.state != SweepState.RUNNING:  # e.g. a finished sweep grown by --add-trials, not reopened yet
+        return
+    parent = on_disk.parent_run_id or record.parent_run_id  # on disk: a copy's own parent run, once sync made it
+    if parent is None:
+        try:
+            parent = tracking.find_parent_run(client, plan.spec.space, on_disk.uid)
+        except Exception:  # noqa: BLE001 - MLflow is what failed: the record alone says interrupted
+            parent = None
+    close_record(plan.folder, dataclasses.replace(on_disk, spec=plan.spec, parent_run_id=parent), uri, exc,
+                 end_run=True)
 
 
 def _start_parent_run(spec: SweepSpec, client, record: SweepRecord) -> str:
@@ -380,18 +410,7 @@ def record_stop(plan: Plan, track: Tracking, exc: BaseException, console: Consol
     """The sweep did not complete: sweep.json says interrupted (by a signal or an error), the parent run is closed
     (KILLED for a stop, FAILED for an error), and one line says how to continue."""
     stopped = isinstance(exc, Interrupted)
-    why = str(exc) if stopped else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    record = dataclasses.replace(track.record, state=SweepState.INTERRUPTED, stopped_by=why)
-    try:
-        plan.folder.write_record(record)
-    except OSError as write_error:  # e.g. the disk is full: the old record (state running) resumes as well
-        log.warning("could not record the stop in %s (%s)", plan.folder.path, write_error.strerror)
-    try:
-        if not track.tracker.offline:
-            tracking.end_parent_run(track.uri, record.parent_run_id, "KILLED" if stopped else "FAILED",
-                                    state=SweepState.INTERRUPTED.value, reason=why)
-    except Exception:  # noqa: BLE001 - MLflow gone too: tuner.sync replays the record later
-        pass
+    why = close_record(plan.folder, track.record, track.uri, exc, end_run=not track.tracker.offline).stopped_by
     if stopped:
         rows = plan.folder.read_trials() if plan.folder.file(TRIALS_FILE).is_file() else []
         counts = {s: sum(r["status"] == s for r in rows) for s in (TrialStatus.INTERRUPTED,)}
@@ -400,6 +419,26 @@ def record_stop(plan: Plan, track: Tracking, exc: BaseException, console: Consol
                       f"interrupted (kept at their last checkpoint); continue with: {resume_command(plan.spec)}",
                       soft_wrap=True)
         exc.reported = True
+
+
+def close_record(folder: SweepFolder, record: SweepRecord, uri: str, exc: BaseException, *,
+                 end_run: bool) -> SweepRecord:
+    """sweep.json says interrupted, by a signal or an error (`exc`), and the parent run, if any and `end_run`, is
+    closed: KILLED for a stop, FAILED for an error. Returns the record as written."""
+    stopped = isinstance(exc, Interrupted)
+    why = str(exc) if stopped else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    record = dataclasses.replace(record, state=SweepState.INTERRUPTED, stopped_by=why)
+    try:
+        folder.write_record(record)
+    except OSError as write_error:  # e.g. the disk is full: the old record (state running) resumes as well
+        log.warning("could not record the stop in %s (%s)", folder.path, write_error.strerror)
+    try:
+        if end_run and record.parent_run_id:
+            tracking.end_parent_run(uri, record.parent_run_id, "KILLED" if stopped else "FAILED",
+                                    state=SweepState.INTERRUPTED.value, reason=why)
+    except Exception:  # noqa: BLE001 - MLflow gone too: tuner.sync replays the record later
+        pass
+    return record
 
 
 def resume_command(spec: SweepSpec) -> str:
@@ -412,6 +451,18 @@ def _budget_left(plan: Plan, record: SweepRecord) -> float | None:
         return None
     spent = record.rounds[plan.round_index - 1].get("elapsed_s", 0.0) if plan.round_index else record.elapsed_s
     return max(0.0, plan.spec.time_budget_s - spent)
+
+
+def elapsed_saver(plan: Plan, record: SweepRecord) -> Callable[[float], None]:
+    """For the stopper to call now and then: sweep.json with this run's time so far added to a copy of `record`
+    (which gets it once, at the end), so a driver killed mid-experiment (kill -9, a crash) leaves its time
+    counted against --time-budget up to the last save."""
+    def save(seconds: float) -> None:
+        copy = dataclasses.replace(record, rounds=[dict(r) for r in record.rounds])
+        _add_elapsed(plan, copy, seconds)
+        plan.folder.write_record(copy)
+
+    return save
 
 
 def _add_elapsed(plan: Plan, record: SweepRecord, seconds: float) -> None:
