@@ -65,10 +65,15 @@ def test_folder_decoded_once_shared_and_redecoded_when_changed(tmp_path, data_ca
     assert [r["status"] for r in rows] == ["finished"]
     print(f"\nfirst sweep: driver peak RSS {peak / 2**20:.0f} MiB; decoded split {162 * 3 * 224 * 224 / 2**20:.0f} MiB")
 
+    # the next run on the same folder (here --add-trials, as --resume or a new sweep would) decodes nothing
     t0 = time.monotonic()
-    second = load_dataset("folder", photos, image_size=224)  # what the next sweep's prepare_data does
-    assert builds() == before + 1 and str(second.train_x.filename).startswith(str(data_cache))
-    print(f"the next sweep's data ready in {time.monotonic() - t0:.2f} s, no decoding")
+    grown, grown_peak = run_watched([*common, "--name", "first", "--add-trials", "1"], tmp_path)
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert builds() == before + 1 and "data: decoded" not in grown.stdout and "(no decoding)" in grown.stdout
+    assert len(SweepFolder(tmp_path / "s" / "first").read_trials()) == 2
+    print(f"--add-trials: ran in {time.monotonic() - t0:.1f} s without decoding; driver peak {grown_peak / 2**20:.0f} MiB")
+    second = load_dataset("folder", photos, image_size=224)
+    assert str(second.train_x.filename).startswith(str(data_cache))  # trials memory-map the cache, not a copy
 
     (photos / "train" / "class_001" / "img_00007.jpg").unlink()  # the user edits the folder
     changed = load_dataset("folder", photos, image_size=224)
