@@ -5,6 +5,7 @@ MLflow unreachable, and the report of a real digits sweep. tests/test_report_bro
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -248,6 +249,8 @@ def test_report_with_final_parquet(tmp_path):
             "rung_survival.png", "status_wall_time.png", "confusion-cnn_basic.png",
             "confusion-resnet18.png"} <= names
     assert made.notes == {}
+    # every field is one build_report fills: how attaching went is attach()'s return, never a field left unset
+    assert [f.name for f in dataclasses.fields(made)] == ["html", "markdown", "figures", "notes"]
     text = (folder / "report" / "report.md").read_text()
     assert "Test results (each model family's best trial" in text and "88.00 ± 0.70" in text
     assert "Per-class test top-1" in text
@@ -338,3 +341,53 @@ def test_report_of_a_real_sweep_attached_to_mlflow(sweep_dir, mlflow_server):
     client = mlflow.MlflowClient(mlflow_server.uri)
     attached = {Path(a.path).name for a in client.list_artifacts(record["parent_run_id"], "report")}
     assert pngs | {"report.html", "report.md"} <= attached
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the registered winner the report and tuner.predict point at (tuner.registry), on a local SQLite store: no server
+
+
+def test_the_registered_winner_has_its_version_alias_tags_and_description_and_returns_probabilities(tmp_path):
+    import mlflow
+    import torch
+
+    from trainables.classify import ImageClassifier
+    from tuner.registry import ALIAS, register_winner
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("digits-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    runs = {t: client.create_run(experiment, tags={"mlflow.parentRunId": parent, "trial_id": t}).info.run_id
+            for t in ("t1", "t2")}
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    model = ImageClassifier(net, [0.5] * 3, [0.25] * 3, 8, ["a", "b", "c", "d"]).eval()
+    example = torch.rand(2, 3, 8, 8).numpy()
+    winner = {"trial_id": "t1", "model": "cnn_basic", "best_val_top1": 91.5, "lr": 0.01}
+    previous = mlflow.get_tracking_uri()
+    try:
+        def register(row):
+            return register_winner(uri, parent, row, ["lr"], model, {"test_top1": 90.25, "test_top5": 99.0},
+                                   name="space-digits", space="space", dataset="digits", input_example=example)
+
+        assert register(winner) == "models:/space-digits/1"
+        assert register(winner) == "models:/space-digits/1"  # a resumed publish finds its version again
+        version = client.get_model_version_by_alias("space-digits", ALIAS)
+        assert ALIAS == "champion" and str(version.version) == "1" and version.run_id == runs["t1"]
+        assert {k: version.tags[k] for k in ("space", "dataset", "trial_id", "model", "val_top1", "test_top1",
+                                            "outputs", "sweep.parent_run_id")} == {
+            "space": "space", "dataset": "digits", "trial_id": "t1", "model": "cnn_basic", "val_top1": "91.50",
+            "test_top1": "90.25", "outputs": "probabilities", "sweep.parent_run_id": parent}
+        assert "tested once (top-1 90.25)" in version.description and "probabilities" in version.description
+        assert client.get_run(runs["t1"]).data.tags["sweep.winner"] == "true"
+
+        batch = torch.rand(5, 3, 8, 8).numpy()
+        probs = np.asarray(mlflow.pyfunc.load_model(f"models:/space-digits@{ALIAS}").predict(batch))
+        assert probs.shape == (5, 4) and (probs >= 0).all()
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+        assert register({**winner, "trial_id": "t2"}) == "models:/space-digits/2"  # the next sweep's winner
+        assert str(client.get_model_version_by_alias("space-digits", ALIAS).version) == "2"  # the alias moves to it
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -3,6 +3,7 @@ killed during stage 2 that --resume finishes (every stage-2 sweep once, each to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from tests.conftest import run_cli
 from tests.test_resilience import start_cli, wait_for_lines
 from trainables.classify import CHECKPOINT_FILE
 from trainables.config import ARCHITECTURE, TrialConfig
+from tuner import cluster
 from tuner.spec import build_spec
 from tuner.stages import stage2_name, stage2_spec
 
@@ -74,3 +76,21 @@ def test_killed_during_stage2_resume_finishes_every_stage2_sweep(tmp_path):
 
     again = run_cli("--space", "vit_pretrain_finetune", "--resume", "--name", "two", cwd=tmp_path)
     assert again.returncode == 0 and "already complete" in again.stdout
+
+
+@pytest.mark.integration
+def test_every_stage_joins_the_one_instance_with_its_dashboard_and_token_hint():
+    """run_stages starts Ray; each stage's sweep connects again in the same process and must still know the
+    dashboard (and whether it asks for a token), or the sweep prints nothing about Ray."""
+    import ray
+
+    with cluster.connect(None) as outer:
+        assert outer.started_here and outer.dashboard_url.startswith("http://127.0.0.1:"), outer
+        for _ in range(2):  # stage 1, then a stage 2
+            with cluster.connect(None) as inner:
+                assert inner.dashboard_url == outer.dashboard_url and inner.token_auth == outer.token_auth
+                assert inner == dataclasses.replace(outer, started_here=False, reaped=inner.reaped)
+            assert ray.is_initialized()  # a stage's sweep leaves the instance to run_stages
+    assert not ray.is_initialized()
+    with cluster.connect(None) as fresh:  # a new instance after the first is gone: started, not remembered
+        assert fresh.started_here and fresh.dashboard_url.startswith("http://127.0.0.1:")

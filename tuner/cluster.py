@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from trainables.errors import UserError
@@ -43,6 +43,11 @@ class Cluster:
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
+# The instance this process started or joined, by its GCS address: joined again (each stage of a two-stage space
+# is a sweep of its own on one instance), it is the same Cluster, its dashboard and token hint included.
+_CURRENT: dict[str, Cluster] = {}
+
+
 @contextlib.contextmanager
 def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> Iterator[Cluster]:
     """Start or join (see `start`), and stop what was started here on the way out."""
@@ -57,22 +62,59 @@ def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> I
         if cluster.started_here:
             with shielded():  # a second Ctrl-C must not leave Ray's processes behind
                 ray.shutdown()
+                _CURRENT.clear()
 
 
 def start(address: str | None, runtime_env: dict[str, Any] | None = None) -> Cluster:
     """Join `address` (auto, HOST:PORT, ray://HOST:PORT), or start a local instance. An instance this process
-    already joined is reused (two-stage spaces run every stage on one). `runtime_env` ships the user's own code
-    (their model's module) to every worker."""
+    already joined is reused (two-stage spaces run every stage on one): the same Cluster, but not started here, so
+    the outer `connect` alone stops it. `runtime_env` ships the user's own code (their model's module) to every
+    worker."""
     import ray
 
     if ray.is_initialized():
-        context = ray.get_runtime_context()
-        return Cluster(address=getattr(context, "gcs_address", "") or address or "")
+        return _again(address)
     quiet_ray()
     extra = {"runtime_env": runtime_env} if runtime_env else {}
-    if not address:
-        return _start_local(extra)
-    return _join(address, extra)
+    cluster = _start_local(extra) if not address else _join(address, extra)
+    _CURRENT.clear()
+    _CURRENT[_gcs_address()] = cluster
+    return cluster
+
+
+def _gcs_address() -> str:
+    import ray
+
+    try:
+        return str(getattr(ray.get_runtime_context(), "gcs_address", "") or "")
+    except Exception:  # noqa: BLE001 - a Ray Client session may not tell: "" keys it all the same
+        return ""
+
+
+def _again(address: str | None) -> Cluster:
+    """The Cluster of the instance this process is already on; one Ray started elsewhere in this process (a
+    test's ray.init) is described as far as Ray tells: its address and, when local, its dashboard."""
+    gcs = _gcs_address()
+    known = _CURRENT.get(gcs)
+    if known is not None:
+        _CURRENT[gcs] = replace(known, reaped=0)  # the orphans it stopped are told once, by the first sweep on it
+        return replace(known, started_here=False)  # stopped by the connect that started it
+    return Cluster(address=gcs or address or "", dashboard_url=_local_dashboard_url())
+
+
+def _local_dashboard_url() -> str:
+    """http://HOST:PORT of the dashboard Ray says this process's instance has, "" when it says none."""
+    try:
+        from ray._private import worker
+
+        info = worker.global_worker.node.address_info or {}
+    except (ImportError, AttributeError, RuntimeError):  # a Ray Client session, or a Ray without these
+        return ""
+    return _http(info.get("webui_url") or "")
+
+
+def _http(url: str) -> str:
+    return f"http://{url}" if url and "://" not in url else url
 
 
 class _LogFile(logging.FileHandler):
@@ -130,9 +172,8 @@ def _start_local(extra: dict[str, Any]) -> Cluster:
                 raise
             ray.shutdown()
             port = free_port(DASHBOARD_HOST, 0)
-    url = context.dashboard_url or ""
     return Cluster(address=context.address_info.get("gcs_address", "local"),
-                   dashboard_url=f"http://{url}" if url and "://" not in url else url, started_here=True,
+                   dashboard_url=_http(context.dashboard_url or ""), started_here=True,
                    token_auth=_local_token_auth(), reaped=reaped)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from tuner.objectives import (COSTS, column, feasible, most_accurate_feasible, parse_constraints, parse_objectives,
                               pareto_front)
+from tuner.results import TrialStatus
 
 log = logging.getLogger(__name__)
 FRONT_FILE = "front.parquet"
@@ -24,7 +25,7 @@ def mark_front(rows: list[dict[str, Any]], spec) -> list[dict[str, Any]]:
     objectives, constraints = parse_objectives(spec.objectives), parse_constraints(spec.constraints)
     front = pareto_front(rows, objectives, constraints)
     for row in rows:
-        row["feasible"] = row["status"] != "infeasible" and feasible(row, constraints)
+        row["feasible"] = row["status"] != TrialStatus.INFEASIBLE and feasible(row, constraints)
         row["pareto"] = row["trial_id"] in front
     return rows
 
@@ -82,7 +83,7 @@ def print_front(sweep, console) -> None:
         table.add_row(row["trial_id"], str(row.get("model")), f"{row['best_val_top1']:.2f}",
                       "-" if test != test else f"{test:.2f}", *(f"{row.get(column(c), math.nan):.3g}" for c in costs))
     console.print(table)
-    never = sum(r["status"] == "infeasible" for r in rows)
+    never = sum(r["status"] == TrialStatus.INFEASIBLE for r in rows)
     best = most_accurate_feasible(rows, constraints)
     console.print(f"{never} trial(s) broke a cost budget and were never trained; the most accurate feasible trial is "
                   f"{best['trial_id'] if best else 'none'}", soft_wrap=True)

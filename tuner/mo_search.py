@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.objectives import ACCURACY, INFEASIBLE_ACCURACY, Constraint, Objective, result_key, violations
+from tuner.results import TrialStatus
 
 NSGA2_POPULATION = 8  # sweeps run tens of trials, not NSGA-II's default 50 per generation
 
@@ -86,7 +87,7 @@ def history_of(rows: list[dict[str, Any]], objectives: Sequence[Objective],
 
     out = []
     for row in rows:
-        values = {**row, "best_val_top1": INFEASIBLE_ACCURACY if row["status"] == "infeasible"
+        values = {**row, "best_val_top1": INFEASIBLE_ACCURACY if row["status"] == TrialStatus.INFEASIBLE
                   else row["best_val_top1"]}
         out.append(([float(values[column(o.name)]) for o in objectives],
                     violations(values, constraints, key=column)))

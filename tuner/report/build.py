@@ -22,12 +22,12 @@ ROUGH_BELOW = 20  # completed trials under which the importance ranking is calle
 
 @dataclass
 class Report:
+    """The files build_report wrote (attaching them to MLflow is publish.attach's, which says how it went)."""
+
     html: Path
     markdown: Path
     figures: list[Figure]
     notes: dict[str, str]  # section key -> why it has no figure
-    mlflow_warning: str | None = None
-    attached: bool = False
 
 
 class _Figures:

@@ -24,7 +24,9 @@ FAMILY_TOP = 5  # bars per family
 PARALLEL_AXES = 8  # at most this many parameters on the parallel coordinates (the most important ones)
 SLICE_PARAMS = 3  # slice plots of the most important parameters
 STATUS_COLORS = {TrialStatus.FINISHED: "#2e7d32", TrialStatus.EARLY_STOPPED: "#7cb342", TrialStatus.STOPPED: "#f9a825",
-                 TrialStatus.FAILED: "#c62828", TrialStatus.DIVERGED: "#6a1b9a"}
+                 TrialStatus.FAILED: "#c62828", TrialStatus.DIVERGED: "#6a1b9a", TrialStatus.OOM: "#ef6c00",
+                 TrialStatus.INFEASIBLE: "#ad1457", TrialStatus.INTERRUPTED: "#0277bd"}  # every status its own
+UNKNOWN_STATUS_COLOR = "#757575"  # a status this version does not know (a folder from a newer one)
 OBJECTIVE_LABEL = "best val top-1 (%)"
 VAL_TOP1, TRAIN_LOSS = "val_top1", "train_loss"  # the epoch metrics the curves draw
 assert {VAL_TOP1, TRAIN_LOSS} <= set(EPOCH_METRICS)
@@ -230,7 +232,7 @@ def draw_status(summary: list[tuple[str, int, float]]):
     plt = pyplot()
     fig, (ax_n, ax_t) = plt.subplots(1, 2, figsize=(width(10.0), 3.8))
     names = [s for s, _, _ in summary]
-    colours = [STATUS_COLORS.get(s, "#757575") for s in names]  # a str Enum: its members are keyed by value
+    colours = [STATUS_COLORS.get(s, UNKNOWN_STATUS_COLOR) for s in names]  # a str Enum: its members are keyed by value
     counts = [n for _, n, _ in summary]
     scale, unit = (1.0, "s") if max(w for _, _, w in summary) < 120 else (60.0, "min")
     walls = [w / scale for _, _, w in summary]

@@ -9,6 +9,7 @@ from typing import Any
 from tuner.objectives import COSTS, column, parse_constraints, parse_objectives
 from tuner.report.plotting import pyplot, width
 from tuner.report.tables import Table, fmt
+from tuner.results import TrialStatus
 
 LABELS = {"params_m": "parameters (millions)", "model_mb": "model size (MiB)", "latency_ms": "latency at batch 1 (ms)",
           "images_per_s": "throughput (images/s)", "peak_mem_mb": "peak inference memory (MiB)"}
@@ -29,7 +30,8 @@ def draw_front(rows: list[dict[str, Any]], spec):
     """One panel per cost: every trained trial (grey), the front (connected), footprints never trained (red ticks
     on the cost axis), each constraint as a dashed line. None when no trial was trained."""
     costs = shown_costs(spec)
-    trained = [r for r in rows if r.get("status") != "infeasible" and _value(r, "val_top1") == _value(r, "val_top1")
+    trained = [r for r in rows if r.get("status") != TrialStatus.INFEASIBLE
+               and _value(r, "val_top1") == _value(r, "val_top1")
                and not math.isnan(float(r.get("best_val_top1", math.nan)))]
     if not costs or not trained:
         return None
@@ -46,7 +48,7 @@ def draw_front(rows: list[dict[str, Any]], spec):
         ax.plot([_value(r, cost) for r in front], [r["best_val_top1"] for r in front],
                 "-o" if cost in spec.objectives else "o", color="#1565c0", markersize=6,
                 label=f"Pareto front ({', '.join(spec.objectives)})")
-        never = [_value(r, cost) for r in rows if r.get("status") == "infeasible"]
+        never = [_value(r, cost) for r in rows if r.get("status") == TrialStatus.INFEASIBLE]
         if never:
             ax.plot(never, [0] * len(never), "|", color="#c62828", markersize=14, label="never trained (over budget)")
         for c in constraints:
@@ -70,7 +72,7 @@ def front_table(rows: list[dict[str, Any]], spec) -> Table:
     objectives = ", ".join(str(o) for o in parse_objectives(spec.objectives))
     out = [[str(r["trial_id"]), str(r.get("model", "")), fmt(r.get("width")), fmt(r.get("image_size"), 0),
             fmt(r["best_val_top1"]), *[fmt(_value(r, c), 3) for c in costs]] for r in front]
-    never = sum(r.get("status") == "infeasible" for r in rows)
+    never = sum(r.get("status") == TrialStatus.INFEASIBLE for r in rows)
     note = (f"{len(front)} of {len(rows)} trials are on the front ({objectives}; constraints: "
             f"{', '.join(spec.constraints) or 'none'}); {never} config(s) broke a cost budget and were never trained")
     return Table("Pareto front", ["trial", "model", "width", "image size", "best val top-1", *costs], out, note)
