@@ -38,7 +38,6 @@ COST_KEYS = TrialConfig.tagged(ARCHITECTURE)  # model, width, vit_*, image_size:
 MAX_FOOTPRINTS = 64
 COST_ROUNDS = 5
 CACHE_FILE = "cost-probes.json"
-SWEEP_FILE = "costs.json"
 MIB = 2 ** 20
 COST_TIMEOUT_S = 600  # the wait for the measuring task, plus this per footprint (see measure_remote)
 COST_TIMEOUT_PER_FOOTPRINT_S = 600

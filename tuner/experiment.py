@@ -19,7 +19,7 @@ from trainables.data import ImageSplits
 from trainables.errors import UserError
 from tuner import callbacks as driver_callbacks
 from tuner import results, stopping
-from tuner.folder import TRIALS_FILE, SweepFolder
+from tuner.folder import RECORD_FILE, TRIALS_FILE, SweepFolder
 from tuner.spec import SweepSpec, plain_config
 
 KEEP_CHECKPOINTS = 2  # per trial, by validation top-1: bounds the sweep folder
@@ -281,7 +281,7 @@ def check_saved_search_state(experiment_dir: Path) -> None:
         except Exception as exc:  # noqa: BLE001 - torn, empty or unpicklable: the resume could not use it
             problem = problem or f"{file.name} is unreadable: {type(exc).__name__}"
     if problem:
-        folder = experiment_dir if (experiment_dir / "sweep.json").exists() else experiment_dir.parent
+        folder = experiment_dir if (experiment_dir / RECORD_FILE).exists() else experiment_dir.parent
         then = (f"start a new sweep from its best configs with --warm-start {folder} --name NEW_NAME"
                 if (folder / TRIALS_FILE).is_file() else "run it again under a new --name")
         raise UserError(f"--resume: Ray's saved search state in {experiment_dir} is incomplete ({problem}), as "

@@ -12,10 +12,10 @@ from typing import Any
 
 from tuner.objectives import (COSTS, column, feasible, most_accurate_feasible, parse_constraints, parse_objectives,
                               pareto_front)
+from tuner.folder import FRONT_FILE, write_table
 from tuner.results import TrialStatus
 
 log = logging.getLogger(__name__)
-FRONT_FILE = "front.parquet"
 
 
 def mark_front(rows: list[dict[str, Any]], spec) -> list[dict[str, Any]]:
@@ -37,7 +37,6 @@ def front_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_front(rows: list[dict[str, Any]], splits, folder) -> list[dict[str, Any]]:
     """Each front member's one pass over the test split, into front.parquet (the winner's own test is final's)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from tuner.final import test_once
 
@@ -52,7 +51,7 @@ def test_front(rows: list[dict[str, Any]], splits, folder) -> list[dict[str, Any
                     "test_top1": test.top1, "test_top5": test.top5,
                     **{column(m): row.get(column(m), math.nan) for m in COSTS}})
     if out:
-        pq.write_table(pa.Table.from_pylist(out), folder.file(FRONT_FILE))
+        write_table(folder.file(FRONT_FILE), pa.Table.from_pylist(out))
     return out
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 from tuner import cli, cluster, experiment, final, registry, results, stopping, tracking
 from tuner.dryrun import preflight_models
 from tuner.front import front_rows, log_front, mark_front, test_front
-from tuner.folder import DRIVER_LOG, ROUND_DIR, TRIALS_FILE, Sweep, SweepFolder, SweepRecord, SweepState
+from tuner.folder import COSTS_FILE, DRIVER_LOG, ROUND_DIR, TRIALS_FILE, Sweep, SweepFolder, SweepRecord, SweepState
 from tuner.progress import LiveProgress
 from tuner.reseed import group_reseeds, run_reseeds
 from tuner.results import TrialStatus
@@ -88,9 +88,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
         console.print(f"[bold]{plan.spec.name}[/bold]: space {plan.spec.space} on {splits.summary()}")
         plan = own_folder(plan)
         if plan.costs is not None:  # the sweep's own copy: --resume and --add-trials use the same figures
-            from tuner.costs import SWEEP_FILE, cost_settings, save_json
+            from tuner.costs import cost_settings, save_json
 
-            save_json(plan.folder.file(SWEEP_FILE), {"settings": dataclasses.asdict(cost_settings(plan.spec)),
+            save_json(plan.folder.file(COSTS_FILE), {"settings": dataclasses.asdict(cost_settings(plan.spec)),
                                                      "costs": plan.costs.costs, "described": plan.costs.described})
         track = None
         try:
@@ -116,8 +116,10 @@ def _search_and_test(plan: Plan, track: Tracking, splits: ImageSplits, console: 
         _add_elapsed(plan, track.record, stopper.elapsed_s())
     signum = stopping.received()
     statuses = watch.at_end if signum is not None else watch.at_begin  # see stopping.TuneSignals
+    asked = plan.spec.memory_per_trial  # bytes once size_trials has measured it
     rows, cut_short = save_tables(plan.folder, grid, earlier, statuses, plan.spec.max_epochs, interrupted=signum,
-                                  mark=lambda rows: mark_front(rows, plan.spec))
+                                  mark=lambda rows: mark_front(rows, plan.spec),
+                                  asked_bytes=asked if isinstance(asked, (int, float)) else 0)
     if signum is not None:
         track.tracker.end_unfinished(cut_short, TrialStatus.INTERRUPTED, f"the sweep was stopped by "
                                      f"{signal.Signals(signum).name}; --resume continues it from its checkpoint")
@@ -210,9 +212,9 @@ def measure_costs(plan: Plan, splits: ImageSplits, console: Console) -> Plan:
     costs.json, or the cache) before any trial starts; a budget no footprint meets is one error line now."""
     if not plan.spec.multi_objective:
         return plan
-    from tuner.costs import SWEEP_FILE, load_json, resolve_costs
+    from tuner.costs import load_json, resolve_costs
 
-    recorded = load_json(plan.folder.file(SWEEP_FILE)) if plan.record is not None else None
+    recorded = load_json(plan.folder.file(COSTS_FILE)) if plan.record is not None else None
     return dataclasses.replace(plan, costs=resolve_costs(plan.spec, splits.num_classes, splits.image_size, console,
                                                          recorded))
 
@@ -327,13 +329,13 @@ def run_experiment(plan: Plan, track: Tracking, trainable, earlier: list[dict], 
 
 
 def save_tables(folder: SweepFolder, grid, earlier: list[dict], statuses: dict[str, str], max_epochs: int, *,
-                interrupted: int | None,
-                mark: Callable[[list[dict]], Any] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                interrupted: int | None, mark: Callable[[list[dict]], Any] | None = None,
+                asked_bytes: float = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """trials.parquet and epochs.parquet with this experiment's trials (safe on disk whatever happens next).
     Returns every row, and the rows of trials a stop cut short (running when the experiment ended): with a signal
     they are `interrupted` (--resume continues them); stopped by the sweep's budget or target, they stay `stopped`.
     Trials that never started are no rows."""
-    new = results.trial_rows(grid)
+    new = results.trial_rows(grid, asked_bytes)  # an out-of-memory row says what its trial asked for
     cut_short = [r for r in new if statuses.get(r["trial_id"]) in LIVE and r["epochs"] < max_epochs
                  and r["status"] not in results.UNSUCCESSFUL]
     # a trial the stop caught before its first epoch is no row: pending, it never started; started, it has

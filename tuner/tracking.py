@@ -22,7 +22,7 @@ from trainables.classify import EPOCH_METRICS
 from trainables.config import TrialConfig
 from trainables.errors import UserError, error_line
 from tuner.callbacks import DriverCallback
-from tuner.results import TrialStatus, trial_status
+from tuner.results import TrialStatus, asked_memory, failure_line, last_failure, trial_status
 
 log = logging.getLogger(__name__)
 
@@ -427,13 +427,10 @@ def retire_lost_runs(client, parent_run_id: str, trial_ids: set[str]) -> int:
 
 
 def _error_line(trial) -> str:
-    """The last line of the trial's traceback (the exception), and where the full one is."""
-    try:
-        with open(trial.error_file) as f:
-            lines = [line.strip() for line in f if line.strip()]
-        return f"{lines[-1][:400]} (full traceback: {trial.error_file})"
-    except (OSError, TypeError, IndexError):
-        return f"see {trial.error_file}"
+    """The trial's one failure line (its exception's, or what ran out for a worker Ray or the kernel killed, never
+    Ray's paragraph) and where the full traceback is."""
+    line = failure_line(last_failure(trial.error_file), asked_memory(trial))
+    return f"{line[:400]} (full traceback: {trial.error_file})" if line else f"see {trial.error_file}"
 
 
 def _param_text(value: Any) -> str:
