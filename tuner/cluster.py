@@ -24,6 +24,7 @@ from trainables.errors import UserError
 
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8265
 CONNECT_TIMEOUT_S = 5  # a HOST:PORT that does not answer in this long is refused
+GIB = 2 ** 30
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,15 @@ _CURRENT: dict[str, Cluster] = {}
 
 
 @contextlib.contextmanager
-def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> Iterator[Cluster]:
-    """Start or join (see `start`), and stop what was started here on the way out."""
+def connect(address: str | None, runtime_env: dict[str, Any] | None = None,
+            shared_data_bytes: int | None = None) -> Iterator[Cluster]:
+    """Start or join (see `start`), and stop what was started here on the way out. `shared_data_bytes`: what the
+    sweep puts in Ray's object store (its in-memory data; 0 for memory-mapped data), to size a local one."""
     import ray
 
     from tuner.stopping import shielded
 
-    cluster = start(address, runtime_env)
+    cluster = start(address, runtime_env, shared_data_bytes)
     try:
         yield cluster
     finally:
@@ -65,7 +68,8 @@ def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> I
                 _CURRENT.clear()
 
 
-def start(address: str | None, runtime_env: dict[str, Any] | None = None) -> Cluster:
+def start(address: str | None, runtime_env: dict[str, Any] | None = None,
+          shared_data_bytes: int | None = None) -> Cluster:
     """Join `address` (auto, HOST:PORT, ray://HOST:PORT), or start a local instance. An instance this process
     already joined is reused (two-stage spaces run every stage on one): the same Cluster, but not started here, so
     the outer `connect` alone stops it. `runtime_env` ships the user's own code (their model's module) to every
@@ -76,6 +80,8 @@ def start(address: str | None, runtime_env: dict[str, Any] | None = None) -> Clu
         return _again(address)
     quiet_ray()
     extra = {"runtime_env": runtime_env} if runtime_env else {}
+    if not address and (store := object_store_bytes(shared_data_bytes)) is not None:
+        extra["object_store_memory"] = store
     cluster = _start_local(extra) if not address else _join(address, extra)
     _CURRENT.clear()
     _CURRENT[_gcs_address()] = cluster
@@ -150,6 +156,21 @@ def quiet_ray() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def object_store_bytes(shared_data_bytes: int | None, available: int | None = None) -> int | None:
+    """The object store a local instance needs: room for the sweep's in-memory data twice over (Ray copies on put
+    and on get) plus 1 GiB for Tune's own objects. None (Ray's default, 30 % of free memory) when that is not less,
+    or when the data are unknown. Every byte kept out of the store is memory Ray can give trials (its `memory`
+    resource is free memory less the store): a ResNet-50 trial that needs 14.5 GiB fits a 24 GB machine only so."""
+    if shared_data_bytes is None:
+        return None
+    if available is None:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    wanted = 2 * int(shared_data_bytes) + GIB
+    return wanted if wanted < 0.3 * available else None
 
 
 def _init_kwargs() -> dict[str, Any]:

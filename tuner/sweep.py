@@ -79,7 +79,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, add_trials: int = 0, con
     cli.note_resume_command(resume_command(plan.spec))
     client = tracking.connect(plan.spec.mlflow_uri)  # before the data and Ray: an unreachable MLflow fails fast
     splits = prepare_data(plan.spec)
-    with cluster.connect(plan.spec.address, experiment.runtime_env(plan.spec)) as ray_cluster:
+    shared = 0 if splits.cache is not None else splits.nbytes  # memory-mapped data do not enter the object store
+    with cluster.connect(plan.spec.address, experiment.runtime_env(plan.spec), shared) as ray_cluster:
         stopping.take_signals()  # ray.init put its own SIGTERM handler in place
         if ray_cluster.reaped:
             console.print(f"[dim]stopped {ray_cluster.reaped} Ray process(es) a killed driver had left[/dim]")
