@@ -91,8 +91,7 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds(capsys, tmp_p
 
 # --- exclusive ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.integration  # in CI: the issue's two drivers racing on one name
 def test_one_driver_per_sweep_folder_new_and_resumed(tmp_path):
     """A second driver on a running sweep is refused with one line naming the first; the first loses nothing.
     Then, interrupted, two --resume race: one continues, the other is refused; the winner is registered once."""

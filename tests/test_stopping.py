@@ -187,7 +187,6 @@ def test_sigterm_as_the_first_trials_start_then_resume(tmp_path):
     check_resumed(tmp_path, "term")
 
 
-@pytest.mark.slow  # minutes: make test-all runs it; the first SIGINT's path is tested in CI
 @pytest.mark.integration
 def test_second_sigint_stops_at_once_then_resume(tmp_path):
     t0 = time.monotonic()
