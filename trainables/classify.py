@@ -27,7 +27,7 @@ from trainables.data import ImageSplits
 from trainables.errors import UserError
 from trainables.models import (create_model, freeze_backbone, freeze_backbone_batchnorm, load_hub_weights,
                                load_pretrained, weights_file)
-from trainables.placement import DeviceImages
+from trainables.placement import DeviceImages, host_tensor
 from trainables.recipe import create_recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -307,9 +307,7 @@ def trial_device() -> torch.device:
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
-        warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(array)
+    tensor = host_tensor(array)
     return tensor.to(device, non_blocking=True) if device.type == "cuda" else tensor
 
 

@@ -37,13 +37,19 @@ def set_trial_budget(gpu_fraction: float = 0.0, step_gpu_bytes: int = 0) -> None
     _BUDGET = TrialBudget(gpu_fraction, step_gpu_bytes)
 
 
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """`array` as a CPU tensor sharing its memory. Memory-mapped caches and object-store arrays are read-only, which
+    torch warns about on every conversion; nothing here writes to them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
 class DeviceImages:
     """uint8 (N, 3, H, W) images; `batch(idx)` returns the rows `idx` on the training device."""
 
     def __init__(self, array: np.ndarray, device: torch.device, resident: bool | None = None) -> None:
-        with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
-            warnings.simplefilter("ignore", UserWarning)
-            host = torch.from_numpy(array)
+        host = host_tensor(array)
         self.device = device
         if resident is None:
             resident = device.type != "cuda" or fits_on_gpu(host.nbytes, device)

@@ -93,6 +93,7 @@ def check_images(sweep: Sweep, size: int, count: int = CHECK_IMAGES):
     """Real validation images of the sweep's data set, resized to `size`; random ones when it cannot be read."""
     import torch
 
+    from trainables.placement import host_tensor
     from tuner.predict import resize_to
 
     spec = sweep.spec
@@ -100,7 +101,7 @@ def check_images(sweep: Sweep, size: int, count: int = CHECK_IMAGES):
         from trainables.data import load_dataset
 
         splits = load_dataset(spec.dataset, spec.data_dir, image_size=spec.search_space.folder_image_size)
-        images = torch.from_numpy(splits.val_x[:count]).float() / 255.0
+        images = host_tensor(splits.val_x[:count]).float() / 255.0
         source = f"{len(images)} validation images of {spec.dataset}"
     except Exception as exc:  # noqa: BLE001 - data not on this machine: the checks still run, on noise
         images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0))

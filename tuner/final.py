@@ -53,12 +53,13 @@ def test_once(checkpoint_dir: str, splits, batch_size: int = 512) -> tuple[Any, 
 
     from trainables.augment import BatchAugment
     from trainables.classify import load_checkpoint_model, trial_device
+    from trainables.placement import host_tensor
 
     device = trial_device()
     model, cfg = load_checkpoint_model(checkpoint_dir, device)
     # the trial's own evaluation path on the bare net, so test and validation figures are comparable
     preprocess = BatchAugment(splits.mean, splits.std, image_size=cfg.image_size, device=device)
-    test_x = torch.from_numpy(splits.test_x)
+    test_x = host_tensor(splits.test_x)  # memory-mapped: batches are read as they are used
     with torch.no_grad():
         logits = torch.cat([model.net(preprocess.normalize(test_x[i:i + batch_size].to(device))).float().cpu()
                             for i in range(0, len(test_x), batch_size)])
