@@ -158,3 +158,11 @@ def data_cache(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SWEEPS_DATA_CACHE", str(root))
         yield root
+
+
+def user_module(tmp_path: Path, monkeypatch, name: str, source: str) -> str:
+    """A module `name` of the user's own, written to tmp_path and importable for this test only; returns its name."""
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name

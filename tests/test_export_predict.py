@@ -5,7 +5,6 @@ agreeing with the checkpoint on test images written as PNG files; one-line error
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from tests._digits_sweep import REGISTERED, digits_sweep, run_module
+from tests.conftest import user_module
 from tuner import predict
 
 
@@ -232,10 +232,7 @@ def tiny_sweep(root: Path, models: dict[str, str]) -> Path:
 
 @pytest.fixture
 def user_nets(tmp_path, monkeypatch) -> str:
-    (tmp_path / "exportnets.py").write_text(UNTRACEABLE_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "exportnets", raising=False)
-    return "exportnets"
+    return user_module(tmp_path, monkeypatch, "exportnets", UNTRACEABLE_NET)
 
 
 def export(sweep: Path, *args: str) -> int:

@@ -1,5 +1,7 @@
 """Every named space: valid plain data, a dry run, and a real 2-trial 1-epoch sweep on small data."""
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 from ray.tune.search.variant_generator import generate_variants
@@ -132,3 +134,10 @@ def test_vit_pretrain_finetune_stage2_starts_from_stage1_best(tmp_path):
         parent = client.search_runs([client.get_experiment_by_name("vit_pretrain_finetune_stage2").experiment_id],
                                     filter_string=f"tags.`stage1.trial_id` = '{first['trial_id']}'")
         assert len(parent) == 1 and parent[0].data.tags["stage1.checkpoint"] == source
+        # one registered model per family, under its own name
+        assert json.loads((tmp_path / "sweeps" / f"p-stage2-{family}" / "sweep.json").read_text())[
+            "model_uri"].startswith(f"models:/vit_pretrain_finetune-{family}-")
+    # one summary for both stages: each family's stage 1 and stage 2 side by side, and the Ray dashboard's line
+    out = " ".join(proc.stdout.split())
+    assert out.count("each model family: stage 1") == 1, out[-3000:]
+    assert out.count("Ray dashboard: http") == 3  # stage 1 and each family's stage 2

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.conftest import user_module
 from trainables.errors import UserError
 from tuner.dryrun import preflight_models
 from tuner.spec import build_spec
@@ -134,10 +135,7 @@ def constant(num_classes, image_size):
 @pytest.fixture
 def user_nets(tmp_path, monkeypatch) -> str:
     """A module `checknets` of the user's own, importable for this test only."""
-    (tmp_path / "checknets.py").write_text(USER_NETS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "checknets", raising=False)
-    return "checknets"
+    return user_module(tmp_path, monkeypatch, "checknets", USER_NETS)
 
 
 def preflight(model: str, image_size: int = 16, num_classes: int = 10) -> None:
