@@ -304,11 +304,14 @@ def print_summary(sweep: Sweep, console: Console, top: int = 5) -> None:
 
 
 def _mlflow_where(record) -> str:
-    from tuner import tracking
+    import mlflow
+
+    from tuner import mlflow_view, tracking
 
     command = tracking.ui_command(record.tracking_uri)
     experiment = _experiment_id(record)
-    page = tracking.runs_page(record.tracking_uri, experiment) if experiment else record.tracking_uri
+    page = (mlflow_view.publish_runs_view(mlflow.MlflowClient(record.tracking_uri), record.tracking_uri, experiment,
+                                          record.spec.searched_keys()) if experiment else record.tracking_uri)
     return f"{command}, then {page}" if command else page
 
 

@@ -25,7 +25,7 @@ from trainables.errors import UserError
 from tuner.cli import Interrupted
 
 log = logging.getLogger(__name__)
-from tuner import cli, cluster, experiment, final, registry, results, stopping, tracking
+from tuner import cli, cluster, experiment, final, mlflow_view, registry, results, stopping, tracking
 from tuner.dryrun import preflight_models
 from tuner.front import front_rows, log_front, mark_front, test_front
 from tuner.folder import COSTS_FILE, DRIVER_LOG, ROUND_DIR, TRIALS_FILE, Sweep, SweepFolder, SweepRecord, SweepState
@@ -148,7 +148,8 @@ def print_where_to_watch(ray_cluster: cluster.Cluster, track: Tracking, console:
         token = "; it asks for Ray's token: `ray get-auth-token` prints it" if ray_cluster.token_auth else ""
         console.print(f"Ray dashboard: {ray_cluster.dashboard_url}{token}", soft_wrap=True)
     command = tracking.ui_command(track.uri)
-    page = tracking.runs_page(track.uri, track.experiment_id)
+    page = mlflow_view.publish_runs_view(track.client, track.uri, track.experiment_id,  # opens on metric columns
+                                         track.record.spec.searched_keys())
     console.print(f"MLflow runs: {page}" + (f" (after `{command}`)" if command else ""), soft_wrap=True)
 
 
