@@ -14,7 +14,7 @@ import pytest
 
 from tests import browser
 from tests._digits_sweep import REGISTERED, digits_sweep
-from tuner import tracking
+from tuner import mlflow_view, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +33,10 @@ def test_the_printed_runs_page_lists_the_trials_nested_under_the_sweep(tmp_path_
     parent = client.get_run(record["parent_run_id"])
     trials = [r.info.run_name for r in tracking.child_runs(client, parent.info.run_id)]
     assert len(trials) == 4
-    url = tracking.runs_page(mlflow_server.uri, parent.info.experiment_id)
+    # the page the sweep printed: the model-training runs view, on the saved view the sweep wrote
+    url = mlflow_view.shared_runs_page(mlflow_server.uri, parent.info.experiment_id)
     with browser.open_page(url, width=1400, height=900) as page:
+        page.locator('[role=columnheader][col-id="metrics.`val_top1`"]').wait_for()  # metric columns, unasked
         row = page.get_by_role("row").filter(has_text=parent.info.run_name).first
         row.wait_for()
         assert page.get_by_role("heading", name="Runs").is_visible()  # the runs view, not the GenAI overview
