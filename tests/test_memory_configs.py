@@ -58,15 +58,16 @@ def test_the_estimate_grows_with_every_knob_the_way_memory_does():
 
 
 def test_efficiency_measures_every_model_at_its_largest():
-    spec = build_spec(space="efficiency", dataset="cifar10")  # 4 models x 3 widths x 3 sizes = 36
+    spec = build_spec(space="efficiency", dataset="cifar10")  # (2 CNNs x 3 widths + MobileNetV3 + ViT x 3 dims) x 3 sizes
     configs = packing.memory_configs(spec)
     assert len(configs) == packing.MAX_MEASURED
     models = set(spec.search_space.params["model"].categories)
     assert {c["model"] for c in configs} == models  # preflight builds every model
-    for model in models - {"vit_scratch"}:  # vit_scratch ignores width: any width is its largest
+    for model in ("cnn_basic", "resnet18"):  # the models built with width; the others: any width is their largest
         assert {"model": model, "width": 1.0, "image_size": 32}.items() <= \
             next(c for c in configs if (c["model"], c["width"], c["image_size"]) == (model, 1.0, 32)).items()
-    assert any(c["model"] == "vit_scratch" and c["image_size"] == 32 for c in configs)
+    assert any(c["model"] == "vit_scratch" and c["image_size"] == 32 and c["vit_dim"] == 192 for c in configs)
+    assert any(c["model"] == "mobilenetv3" and c["image_size"] == 32 for c in configs)
     assert {c["width"] for c in configs} == {0.25, 0.5, 1.0} and {c["image_size"] for c in configs} == {16, 24, 32}
 
 
@@ -74,8 +75,10 @@ def test_a_small_space_is_measured_whole_and_costs_still_see_an_over_the_cap_spa
     small = packing.memory_configs(build_spec(space="cnn_grid", dataset="digits"))
     assert {c["model"] for c in small} == {"cnn_basic", "resnet18", "vit_scratch"} and len(small) == 3
     spec = build_spec(space="efficiency", dataset="cifar10")
-    assert len(packing.memory_configs(spec, most=30)) == 30  # tuner.costs counts "more than its cap" this way
-    assert len(packing.memory_configs(spec, most=64)) == 36
+    assert len(packing.memory_configs(spec, most=29)) == 29  # tuner.costs counts "more than its cap" this way
+    # 30, not 4 x 3 x 3 x 3: a knob a model is not built with (width for the ViT and MobileNetV3, vit_dim for the
+    # CNNs) makes no other footprint
+    assert len(packing.memory_configs(spec, most=64)) == 30
 
 
 # --- probes see data at the stored size ------------------------------------------------------------------------------
@@ -133,3 +136,17 @@ def test_a_sampled_batch_size_larger_than_the_training_split_is_refused(domain, 
                                                 r"the 1293 training images"):
         packing.check_batch_sizes(spec, 1293)
     packing.check_batch_sizes(spec, largest)  # a split that holds the largest batch passes
+
+
+def test_a_knob_a_model_is_not_built_with_makes_no_other_footprint():
+    from tuner.footprints import footprint_of
+
+    keys = ("model", "width", "vit_dim", "image_size")
+    vit = {"model": "vit_scratch", "width": 0.25, "vit_dim": 64, "image_size": 32}
+    assert footprint_of(vit, keys) == footprint_of({**vit, "width": 1.0}, keys)
+    assert footprint_of(vit, keys) != footprint_of({**vit, "vit_dim": 128}, keys)
+    cnn = {"model": "resnet18", "width": 0.25, "vit_dim": 64, "image_size": 32}
+    assert footprint_of(cnn, keys) == footprint_of({**cnn, "vit_dim": 192}, keys)
+    assert footprint_of(cnn, keys) != footprint_of({**cnn, "width": 0.5}, keys)
+    timm_net = {"model": "mobilenetv3", "width": 0.25, "vit_dim": 64, "image_size": 32}
+    assert footprint_of(timm_net, keys) == footprint_of({**timm_net, "width": 1.0, "vit_dim": 128}, keys)

@@ -23,14 +23,28 @@ from trainables.errors import UserError, error_line
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+# The shape knobs each model is built with (capabilities as data, as in timm's registry): a knob a model ignores
+# does not make another model, so memory probes, preflight and deployment costs measure it once.
+WIDTH = ("width",)
+VIT_SHAPE = ("vit_patch", "vit_depth", "vit_dim", "vit_heads", "vit_mlp_dim")
+SHAPE_KNOBS = WIDTH + VIT_SHAPE
+_READS: dict[str, frozenset[str]] = {}
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+def register_model(name: str, reads: tuple[str, ...] = ()) -> Callable[[ModelFactory], ModelFactory]:
+    """Register `factory` as `name`; `reads`: the shape knobs (of SHAPE_KNOBS) it is built with."""
     def add(factory: ModelFactory) -> ModelFactory:
         _REGISTRY[name] = factory
+        _READS[name] = frozenset(reads)
         return factory
 
     return add
+
+
+def shape_knobs(name: str) -> frozenset[str]:
+    """The shape knobs model `name` is built with: width for our CIFAR nets, vit_* for vit_scratch; none for the
+    ImageNet nets, timm/<name> and a user's factory (which gets num_classes and image_size only)."""
+    return _READS.get(name, frozenset())
 
 
 def list_models() -> list[str]:
@@ -146,7 +160,7 @@ def _timm_alias(timm_name: str) -> ModelFactory:
     return build
 
 
-@register_model("cnn_basic")
+@register_model("cnn_basic", reads=WIDTH)
 def cnn_basic(num_classes: int, *, width: float = 1.0, drop_rate: float = 0.0, **_: Any) -> nn.Module:
     """The seed CIFAR-10 study's CNN: three blocks of two conv-BN-GELU layers, max-pool and dropout."""
     layers: list[nn.Module] = []
@@ -179,9 +193,9 @@ def _cifar_resnet(block: str, layers: tuple[int, ...]) -> ModelFactory:
     return build
 
 
-register_model("resnet18")(_cifar_resnet("basic", (2, 2, 2, 2)))
-register_model("resnet34")(_cifar_resnet("basic", (3, 4, 6, 3)))
-register_model("resnet50")(_cifar_resnet("bottleneck", (3, 4, 6, 3)))
+register_model("resnet18", reads=WIDTH)(_cifar_resnet("basic", (2, 2, 2, 2)))
+register_model("resnet34", reads=WIDTH)(_cifar_resnet("basic", (3, 4, 6, 3)))
+register_model("resnet50", reads=WIDTH)(_cifar_resnet("bottleneck", (3, 4, 6, 3)))
 
 
 def _imagenet_resnet(arch: str) -> ModelFactory:
@@ -238,12 +252,12 @@ class CifarVGG(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-@register_model("vgg16_bn")
+@register_model("vgg16_bn", reads=WIDTH)
 def vgg16_bn(num_classes: int, *, width: float = 1.0, drop_rate: float = 0.0, **_: Any) -> nn.Module:
     return CifarVGG(num_classes, width=width, drop_rate=drop_rate)
 
 
-@register_model("vit_scratch")
+@register_model("vit_scratch", reads=VIT_SHAPE)
 def vit_scratch(num_classes: int, *, image_size: int = 32, drop_rate: float = 0.0, drop_path: float = 0.0,
                 vit_patch: int = 4, vit_depth: int = 6, vit_dim: int = 192, vit_heads: int = 3, vit_mlp_dim: int = 0,
                 **_: Any) -> nn.Module:

@@ -84,16 +84,25 @@ class CostBook:
 
 
 def footprint_key(config: dict[str, Any], image_size: int) -> str:
-    """The footprint of a config: its architecture keys (defaults filled in) and the size the model sees."""
+    """The footprint of a config: its architecture keys (defaults filled in; a shape knob its model is not built
+    with left out, so two configs of one model are one footprint) and the size the model sees."""
+    from tuner.footprints import footprint_of
+
     cfg = TrialConfig.from_dict({k: v for k, v in config.items() if k in TrialConfig.keys()})
     size = cfg.image_size or image_size
-    return " ".join(f"{k}={getattr(cfg, k)!r}" for k in COST_KEYS if k != "image_size") + f" size={size}"
+    keys = tuple(k for k in COST_KEYS if k != "image_size")
+    return " ".join(f"{k}={value}" for k, value in footprint_of(cfg.to_dict(), keys)) + f" size={size}"
 
 
 def describe(config: dict[str, Any], image_size: int) -> str:
+    """'resnet18, width 0.25, 16 px', 'vit_scratch, vit_dim 64, 16 px': the shape knobs the model is built with,
+    where they differ from their defaults."""
+    from trainables.models import SHAPE_KNOBS, shape_knobs
+
     cfg = TrialConfig.from_dict({k: v for k, v in config.items() if k in TrialConfig.keys()})
-    width = f", width {cfg.width:g}" if cfg.width != 1.0 else ""
-    return f"{cfg.model}{width}, {cfg.image_size or image_size} px"
+    shape = "".join(f", {k} {getattr(cfg, k):g}" for k in SHAPE_KNOBS
+                    if k in shape_knobs(cfg.model) and getattr(cfg, k) != getattr(TrialConfig(), k))
+    return f"{cfg.model}{shape}, {cfg.image_size or image_size} px"
 
 
 def cost_configs(spec) -> list[dict[str, Any]]:

@@ -38,11 +38,20 @@ def memory_configs(spec: SweepSpec, most: int = MAX_MEASURED,
     configs += sample_configs(spec, 4)  # continuous memory keys, if any
     unique, seen = [], set()
     for config in configs:
-        key = tuple((k, repr(config.get(k))) for k in keys)
+        key = footprint_of(config, keys)
         if key not in seen:
             seen.add(key)
             unique.append(config)
     return unique if len(unique) <= most else most_telling(unique, axes, most)
+
+
+def footprint_of(config: dict[str, Any], keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The values of `keys` that make this config's model what it is: a shape knob the model is not built with
+    (width for a ViT, vit_* for a CNN, either for timm's nets and a user's) is left out, so it is measured once."""
+    from trainables.models import SHAPE_KNOBS, shape_knobs
+
+    reads = shape_knobs(str(config.get("model") or _DEFAULTS.model))
+    return tuple((k, repr(config.get(k))) for k in keys if k not in SHAPE_KNOBS or k in reads)
 
 
 def memory_axes(space: dict[str, Any], keys: tuple[str, ...]) -> dict[str, list]:
