@@ -166,3 +166,15 @@ def user_module(tmp_path: Path, monkeypatch, name: str, source: str) -> str:
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, name, raising=False)
     return name
+
+
+def probe_in_fresh_process(config: dict, num_classes: int, stored: int, val_images: int) -> dict:
+    """tuner.packing.measure_host_bytes in a process of its own, as a sweep runs it: VmHWM never goes down, so in
+    the test process it would be the highest any earlier test reached."""
+    import json
+
+    code = ("import json\nfrom tuner.packing import measure_host_bytes\n"
+            f"print(json.dumps(measure_host_bytes({config!r}, {num_classes}, {stored}, {val_images})))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 from ray import tune
 
-from tests.conftest import REPO
+from tests.conftest import probe_in_fresh_process
 from tuner import footprints, packing
 from tuner.spec import build_spec
 
@@ -110,12 +107,8 @@ def test_stored_size_data_costs_memory_the_probe_now_measures():
     96 px peaks higher than on 16-px data (its batch and the 512-image validation batch, as float, are held at
     96 px before the resize)."""
     def peak(stored: int) -> int:
-        code = ("import json\nfrom tuner.packing import measure_host_bytes\n"
-                "print(json.dumps(measure_host_bytes({'model': 'cnn_basic', 'width': 0.25, 'batch_size': 64, "
-                f"'image_size': 16}}, 10, {stored}, 512)))")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads(proc.stdout.splitlines()[-1])["peak"]
+        config = {"model": "cnn_basic", "width": 0.25, "batch_size": 64, "image_size": 16}
+        return probe_in_fresh_process(config, 10, stored, 512)["peak"]
 
     float_val_batch = 512 * 3 * 96 * 96 * 4
     assert peak(96) - peak(16) > float_val_batch / 3  # measured: ~40 MiB more (54 MiB of float validation)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, probe_in_fresh_process, run_cli
 from tuner import packing
 from tuner.spec import build_spec
 
@@ -113,8 +113,8 @@ def test_batch_sizes_are_checked_over_the_whole_range(sets, needle):
 
 
 def test_one_step_is_measured_for_peak_private_memory():
-    small = packing.measure_host_bytes({"model": "cnn_basic", "width": 0.25, "batch_size": 16}, 10, 16, 16)
-    large = packing.measure_host_bytes({"model": "cnn_basic", "width": 0.25, "batch_size": 512}, 10, 32, 512)
+    small = probe_in_fresh_process({"model": "cnn_basic", "width": 0.25, "batch_size": 16}, 10, 16, 16)
+    large = probe_in_fresh_process({"model": "cnn_basic", "width": 0.25, "batch_size": 512}, 10, 32, 512)
     assert 0 < small["baseline"] <= small["peak"] < large["peak"] and small["gpu_peak"] == 0
 
 
