@@ -448,7 +448,8 @@ def test_sbatch_script_runs_a_sweep_on_two_loopback_nodes(tmp_path):
     assert not slurm.scontrol_log.exists()  # a sweep that ended is not requeued
 
 
-@pytest.mark.integration  # in CI: the issue's done-when (the signal reaches the driver through the script)
+@pytest.mark.integration
+@pytest.mark.slow  # two Ray nodes and two sweeps (2 to 4 min): make test-all runs it; the signal path is in CI
 def test_sbatch_forwards_sigterm_to_the_driver_requeues_and_resumes(tmp_path):
     """SLURM's --signal=B:TERM (time limit near, or scancel --batch): the script forwards SIGTERM to the driver,
     which stops cleanly (exit 143, sweep interrupted), then requeues the job; the job started again under the
