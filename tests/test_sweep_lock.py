@@ -144,3 +144,24 @@ def test_write_table_is_atomic(tmp_path, monkeypatch):
         folder_module.write_table(path, pa.table({"x": [3]}))
     assert pq.read_table(path).column("x").to_pylist() == [1, 2]  # the old table, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["front.parquet"]  # no temporary file left
+
+
+def test_a_trial_row_without_a_run_gets_one_ended_as_the_row_says(tmp_path):
+    """A budget that ends the sweep as a trial starts can leave that trial a row but no run (its start never
+    reached the callback): MLflow then holds one run per row, ended as the row says."""
+    import mlflow
+
+    from tuner import tracking
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment_id = client.create_experiment("reconcile")
+    parent = client.create_run(experiment_id).info.run_id
+    known = tracking.ensure_trial_run(client, experiment_id, parent, "aaaa1111", {"lr": 0.01})
+    rows = [{"trial_id": "aaaa1111", "status": "finished", "epochs": 2, "node_id": "n", "error": None},
+            {"trial_id": "bbbb2222", "status": "stopped", "epochs": 1, "node_id": "n", "error": None, "lr": 0.1}]
+    assert tracking.reconcile_runs(client, parent, rows) == 2
+    runs = {r.data.tags["trial_id"]: r for r in tracking.child_runs(client, parent)}
+    assert set(runs) == {"aaaa1111", "bbbb2222"} and runs["aaaa1111"].info.run_id == known
+    assert runs["bbbb2222"].data.tags["outcome"] == "stopped" and runs["bbbb2222"].info.status == "FINISHED"
+    assert runs["bbbb2222"].data.params["lr"] == "0.1"
+    assert tracking.reconcile_runs(client, parent, rows) == 0  # nothing left to mend

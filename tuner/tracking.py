@@ -398,16 +398,22 @@ def end_trial_run(client, run_id: str, status: str, last_result: dict, reason: s
 
 def reconcile_runs(client, parent_run_id: str, rows: list[dict]) -> int:
     """Make each trial's run end as its trials.parquet row says (a trial that failed, then finished on
-    --resume; one closed by a crash); returns how many were mended."""
+    --resume; one closed by a crash; one whose start the callback never saw, as when a budget ends the sweep as
+    it starts: its run is made now); returns how many were mended. Called once the trials' logging is flushed."""
     runs = {r.data.tags.get("trial_id"): r for r in child_runs(client, parent_run_id)}
     mended = 0
     for row in rows:
         run = runs.get(row["trial_id"])
         status = TrialStatus(row["status"])
-        if run is None or (run.data.tags.get("outcome") == status.value
-                           and run.info.status == MLFLOW_STATUS[status]):
+        if run is not None and (run.data.tags.get("outcome") == status.value
+                                and run.info.status == MLFLOW_STATUS[status]):
             continue
-        end_trial_run(client, run.info.run_id, status, {"epoch": row["epochs"], "node_id": row["node_id"]},
+        if run is None:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+            run_id = ensure_trial_run(client, experiment_id, parent_run_id, row["trial_id"], row)
+        else:
+            run_id = run.info.run_id
+        end_trial_run(client, run_id, status, {"epoch": row["epochs"], "node_id": row["node_id"]},
                       row.get("error"))
         mended += 1
     return mended
