@@ -37,9 +37,9 @@ def check_model(name: str) -> None:
     """A model value is checked with the other values (--set, a space file, a trial's config), not at preflight
     after the data loaded: a registered name, timm/<name> that timm knows, or package.module:factory written as
     one (imported at preflight, on the driver: a user's module may be slow or have side effects)."""
-    from trainables import models  # brings torch in: only once a model is named, so this module stays light
+    from trainables.models import create_model, is_user_model, list_models  # torch: only once a model is named
 
-    if models.is_user_model(name):
+    if is_user_model(name):
         module, _, factory = name.partition(":")
         if not (all(part.isidentifier() for part in module.split(".")) and factory.isidentifier()):
             raise UserError(f"model '{name}': write package.module:factory, e.g. mypkg.nets:build")
@@ -49,12 +49,12 @@ def check_model(name: str) -> None:
 
         known = timm.is_model(name.removeprefix("timm/"))
     else:
-        known = name in models.list_models()
+        known = name in list_models()
     if not known:
         try:  # create_model refuses the name before building anything: its line, in one wording everywhere
-            models.create_model(name, num_classes=2)
+            create_model(name, num_classes=2)
         except UserError as error:
-            names = [m for m in models.list_models() if "/" not in m and ":" not in m]  # not the two patterns
+            names = [m for m in list_models() if "/" not in m and ":" not in m]  # not the two patterns
             close = difflib.get_close_matches(name, names, n=1) if "/" not in name else []
             raise UserError(f"{error}{f' (did you mean {close[0]!r}?)' if close else ''}") from None
 
